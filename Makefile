@@ -1,0 +1,58 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both set everything up.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+RUN_DIR ?= build/run
+EVENTS ?= 100000
+
+.PHONY: help install run test lint format bench clean
+
+help:
+	@echo "make run    generate $(EVENTS) events, run the pipeline twice into DuckDB, reconcile"
+	@echo "make test   lint and the whole test suite"
+	@echo "make lint   ruff and mypy"
+	@echo "make clean  remove build outputs (keeps .venv)"
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+# Generate events with duplicates, conflicts, late and malformed lines; run the batch pipeline
+# into a fresh DuckDB file; run it again on the same input (it must change nothing); reconcile
+# the tables against the ground truth. Exits non-zero on any mismatch.
+run: install
+	rm -rf $(RUN_DIR) && mkdir -p $(RUN_DIR)
+	$(PY) -m pipeline.tools.generate --out $(RUN_DIR)/events --events $(EVENTS)
+	@echo "--- first run"
+	$(PY) -m pipeline --input_files='$(RUN_DIR)/events/events-*.jsonl' \
+		--warehouse=duckdb:$(RUN_DIR)/warehouse.duckdb
+	@echo "--- second run, same input: nothing may change"
+	$(PY) -m pipeline --input_files='$(RUN_DIR)/events/events-*.jsonl' \
+		--warehouse=duckdb:$(RUN_DIR)/warehouse.duckdb
+	@echo "--- reconcile"
+	$(PY) -m pipeline.tools.reconcile --warehouse duckdb:$(RUN_DIR)/warehouse.duckdb \
+		--truth $(RUN_DIR)/events/truth.jsonl
+	@echo "Tables are in $(RUN_DIR)/warehouse.duckdb"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint
+	$(PY) -m pytest
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,413 @@
+"""The event contract: what a transaction event is, and how raw input becomes one.
+
+Everything downstream relies on one property established here: two events are equal (``==``,
+``hash``) exactly when their contract fields are equal after normalisation. Amounts are
+``Decimal`` quantised to the warehouse scale of 9 fraction digits, so ``10.5`` and ``"10.50"``
+are the same value; event times are UTC ``datetime`` objects, so ``02:00+02:00`` and ``00:00Z``
+are the same instant. Dedup compares events with ``==``; nothing ever goes through ``float``.
+
+Input that breaks the contract raises :class:`ContractViolation`, whose ``field`` names the
+offending field (or ``payload`` when the whole record is unusable); the parse step turns it into
+a dead letter. Fields outside the contract are ignored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import unicodedata
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+from apache_beam.coders import FastPrimitivesCoder
+
+# Warehouse money type is DECIMAL(38, 9) / BigQuery NUMERIC: 29 integer and 9 fraction digits.
+AMOUNT_SCALE = 9
+AMOUNT_INTEGER_DIGITS = 29
+_QUANTUM = Decimal(1).scaleb(-AMOUNT_SCALE)
+_AMOUNT_LIMIT = Decimal(10) ** AMOUNT_INTEGER_DIGITS
+
+MAX_ID_LENGTH = 128
+STATUSES = ("PENDING", "POSTED", "REVERSED")
+CONTRACT_FIELDS = (
+    "event_id",
+    "transaction_id",
+    "account_id",
+    "amount",
+    "currency",
+    "status",
+    "event_time",
+)
+ID_FIELDS = ("event_id", "transaction_id", "account_id")
+
+# The last instant an event may carry. BigQuery TIMESTAMP ends at 9999-12-31T23:59:59.999999Z;
+# keeping a day of margin guarantees that the end of any window (at most one day long, see
+# options.py) is still a valid warehouse timestamp.
+MAX_EVENT_TIME = dt.datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=dt.UTC)
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+_CURRENCY = re.compile(r"[A-Z]{3}")
+_RFC3339 = re.compile(
+    r"(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})[Tt]"
+    r"(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})"
+    r"(?:\.(?P<fraction>[0-9]+))?"
+    r"(?P<offset>[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+class ContractViolation(ValueError):
+    """Raised when input breaks the event contract; ``field`` names what is wrong."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class Event(NamedTuple):
+    """A transaction event that satisfies the contract, in normalised form."""
+
+    event_id: str
+    transaction_id: str
+    account_id: str
+    amount: Decimal
+    currency: str
+    status: str
+    event_time: dt.datetime
+
+    def to_json(self) -> str:
+        """Canonical JSON: equal events give equal text (used for conflict dead letters)."""
+        return json.dumps(
+            {
+                "event_id": self.event_id,
+                "transaction_id": self.transaction_id,
+                "account_id": self.account_id,
+                "amount": format_amount(self.amount),
+                "currency": self.currency,
+                "status": self.status,
+                "event_time": format_timestamp(self.event_time),
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+
+    def differing_fields(self, other: Event) -> list[str]:
+        """Names of the contract fields in which two versions of an event differ."""
+        return [name for name in CONTRACT_FIELDS if getattr(self, name) != getattr(other, name)]
+
+
+def format_amount(amount: Decimal) -> str:
+    """Plain notation, never exponent notation, with the warehouse scale."""
+    return f"{amount.quantize(_QUANTUM):f}"
+
+
+def format_timestamp(value: dt.datetime) -> str:
+    """RFC 3339 in UTC with microseconds, e.g. ``2026-01-01T00:00:00.000000Z``."""
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def to_micros(value: dt.datetime) -> int:
+    """Microseconds since the epoch, exact (no float on the way)."""
+    delta = value - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(micros: int) -> dt.datetime:
+    return EPOCH + dt.timedelta(microseconds=micros)
+
+
+class EventCoder(beam.coders.Coder):
+    """Deterministic, compact coder for :class:`Event`.
+
+    Without it Beam would pickle every event between stages. Encoding the fields as primitives
+    (amount as its canonical string, time as integer microseconds) is both faster and exact.
+    """
+
+    _primitives = FastPrimitivesCoder()
+
+    def encode(self, value: Event) -> bytes:
+        return self._primitives.encode(
+            (
+                value.event_id,
+                value.transaction_id,
+                value.account_id,
+                format_amount(value.amount),
+                value.currency,
+                value.status,
+                to_micros(value.event_time),
+            )
+        )
+
+    def decode(self, encoded: bytes) -> Event:
+        event_id, transaction_id, account_id, amount, currency, status, micros = (
+            self._primitives.decode(encoded)
+        )
+        return Event(
+            event_id,
+            transaction_id,
+            account_id,
+            Decimal(amount),
+            currency,
+            status,
+            from_micros(micros),
+        )
+
+    def is_deterministic(self) -> bool:
+        return True
+
+    def to_type_hint(self) -> type:
+        return Event
+
+
+beam.coders.registry.register_coder(Event, EventCoder)
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+
+class _JsonNumber(str):
+    """The literal text of a JSON number, kept so amounts never pass through float."""
+
+
+class _NonFinite(str):
+    """NaN / Infinity / -Infinity, which Python's json accepts but JSON does not."""
+
+
+class _DuplicateKeys(dict[str, Any]):
+    duplicates: tuple[str, ...] = ()
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Python keeps the last of repeated keys; other parsers keep the first. An event whose
+    # contract fields are ambiguous must not be guessed at, so repeated keys are remembered.
+    obj = _DuplicateKeys(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        repeated: list[str] = []
+        for key, _ in pairs:
+            if key in seen:
+                repeated.append(key)
+            seen.add(key)
+        obj.duplicates = tuple(repeated)
+    return obj
+
+
+_DECODER = json.JSONDecoder(
+    parse_float=_JsonNumber,
+    parse_int=_JsonNumber,
+    parse_constant=_NonFinite,
+    object_pairs_hook=_object_pairs,
+)
+
+
+def decode_payload(payload: bytes) -> Mapping[str, Any]:
+    """Bytes to a JSON object, or :class:`ContractViolation` naming ``payload``."""
+    if not payload.strip():
+        raise ContractViolation("payload", "empty")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ContractViolation("payload", f"not UTF-8 (byte {error.start})") from None
+    try:
+        value = _DECODER.decode(text.lstrip("\ufeff"))
+    except RecursionError:
+        raise ContractViolation("payload", "JSON nested too deeply") from None
+    except json.JSONDecodeError as error:
+        raise ContractViolation("payload", f"not JSON ({error.msg} at {error.pos})") from None
+    if not isinstance(value, dict):
+        raise ContractViolation("payload", f"not a JSON object but {_json_type(value)}")
+    return value
+
+
+def parse_event(payload: bytes) -> Event:
+    """Validate one raw record against the contract and return the normalised event."""
+    obj = decode_payload(payload)
+    for name in getattr(obj, "duplicates", ()):
+        if name in CONTRACT_FIELDS:
+            raise ContractViolation(name, "appears more than once in the object")
+    ids = [_parse_id(obj, name) for name in ID_FIELDS]
+    return Event(
+        ids[0],
+        ids[1],
+        ids[2],
+        _parse_amount(_require(obj, "amount")),
+        _parse_currency(_require(obj, "currency")),
+        _parse_status(_require(obj, "status")),
+        parse_timestamp(_require(obj, "event_time"), "event_time"),
+    )
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, _NonFinite):
+        return f"the non-JSON constant {value}"
+    kinds: tuple[tuple[type | None, str], ...] = (
+        (type(None), "null"),
+        (bool, "a boolean"),
+        (_JsonNumber, "a number"),
+        (str, "a string"),
+        (list, "an array"),
+    )
+    return next((name for kind, name in kinds if isinstance(value, kind or ())), "an object")
+
+
+def _require(obj: Mapping[str, Any], name: str) -> Any:
+    if name not in obj:
+        raise ContractViolation(name, "missing")
+    value = obj[name]
+    if value is None:
+        raise ContractViolation(name, "null")
+    return value
+
+
+def _require_string(obj_value: Any, name: str) -> str:
+    if not isinstance(obj_value, str) or isinstance(obj_value, _JsonNumber | _NonFinite):
+        raise ContractViolation(name, f"must be a string, got {_json_type(obj_value)}")
+    return obj_value
+
+
+def _parse_id(obj: Mapping[str, Any], name: str) -> str:
+    value = _require_string(_require(obj, name), name)
+    if not 1 <= len(value) <= MAX_ID_LENGTH:
+        raise ContractViolation(name, f"length {len(value)} is outside 1..{MAX_ID_LENGTH}")
+    for char in value:
+        category = unicodedata.category(char)
+        if category == "Cs":
+            raise ContractViolation(name, "contains an unpaired surrogate (not valid Unicode)")
+        if category == "Cc":
+            raise ContractViolation(name, f"contains the control character U+{ord(char):04X}")
+    return value
+
+
+def _parse_amount(value: Any) -> Decimal:
+    if isinstance(value, _NonFinite):
+        raise ContractViolation("amount", f"{value} is not a finite decimal")
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ContractViolation("amount", f"must be a string or number, got {_json_type(value)}")
+    if not _PLAIN_DECIMAL.fullmatch(value):
+        raise ContractViolation("amount", f"{_clip(value)!r} is not a plain decimal")
+    _, _, fraction = value.partition(".")
+    if len(fraction) > AMOUNT_SCALE:
+        raise ContractViolation(
+            "amount", f"{len(fraction)} fraction digits, at most {AMOUNT_SCALE} allowed"
+        )
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:  # unreachable after the regex; kept as a guard, not a crash
+        raise ContractViolation("amount", f"{_clip(value)!r} is not a decimal") from None
+    if abs(amount) >= _AMOUNT_LIMIT:
+        raise ContractViolation("amount", f"more than {AMOUNT_INTEGER_DIGITS} integer digits")
+    # Quantising to the warehouse scale is exact here (at most 9 fraction digits) and gives equal
+    # values one representation: 10.5 and 10.50 both become 10.500000000.
+    return amount.quantize(_QUANTUM) + 0  # + 0 turns -0 into 0
+
+
+def _parse_currency(value: Any) -> str:
+    value = _require_string(value, "currency")
+    if not _CURRENCY.fullmatch(value):
+        raise ContractViolation("currency", f"{_clip(value)!r} is not three uppercase letters")
+    return value
+
+
+def _parse_status(value: Any) -> str:
+    value = _require_string(value, "status")
+    if value not in STATUSES:
+        raise ContractViolation("status", f"{_clip(value)!r} is not one of {', '.join(STATUSES)}")
+    return value
+
+
+def parse_timestamp(value: Any, name: str) -> dt.datetime:
+    """RFC 3339 date-time with an offset, to an aware UTC datetime (microsecond precision)."""
+    value = _require_string(value, name)
+    match = _RFC3339.fullmatch(value)
+    if not match:
+        raise ContractViolation(name, f"{_clip(value)!r} is not an RFC 3339 date-time with offset")
+    parts = match.groupdict()
+    fraction = parts["fraction"] or ""
+    if fraction[6:].strip("0"):
+        raise ContractViolation(name, "has precision finer than microseconds")
+    if parts["second"] == "60":
+        raise ContractViolation(name, "leap seconds cannot be represented in UTC timestamps")
+    offset = parts["offset"].upper()
+    try:
+        if offset == "Z":
+            tz = dt.UTC
+        else:
+            hours, minutes = int(offset[1:3]), int(offset[4:6])
+            if hours > 23 or minutes > 59:
+                raise ValueError("offset out of range")
+            sign = -1 if offset[0] == "-" else 1
+            tz = dt.timezone(sign * dt.timedelta(hours=hours, minutes=minutes))
+        local = dt.datetime(
+            int(parts["year"]),
+            int(parts["month"]),
+            int(parts["day"]),
+            int(parts["hour"]),
+            int(parts["minute"]),
+            int(parts["second"]),
+            int(fraction[:6].ljust(6, "0")),
+            tzinfo=tz,
+        )
+        utc = local.astimezone(dt.UTC)
+    except (ValueError, OverflowError) as error:
+        raise ContractViolation(
+            name, f"{_clip(value)!r} is not a valid date-time ({error})"
+        ) from None
+    if utc > MAX_EVENT_TIME:
+        raise ContractViolation(name, f"is after {format_timestamp(MAX_EVENT_TIME)}")
+    return utc
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# --- what the pipeline hands to the warehouse ----------------------------------------------------
+
+
+class LedgerCandidate(NamedTuple):
+    """One version of an event on its way to the ledger, with its event-time window.
+
+    ``primary`` is the dedup step's verdict: True for the version it chose for this event_id
+    (the first one seen, or in bounded runs the earliest), False for a *different* version of an
+    event_id it has already seen. The warehouse has the last word: whatever version its ledger
+    already holds wins, and every other version becomes a conflict dead letter there.
+    """
+
+    event: Event
+    primary: bool
+    window_start: dt.datetime
+    window_end: dt.datetime
+
+
+class LedgerCandidateCoder(beam.coders.Coder):
+    _event = EventCoder()
+    _rest = FastPrimitivesCoder()
+
+    def encode(self, value: LedgerCandidate) -> bytes:
+        return self._rest.encode(
+            (
+                self._event.encode(value.event),
+                value.primary,
+                to_micros(value.window_start),
+                to_micros(value.window_end),
+            )
+        )
+
+    def decode(self, encoded: bytes) -> LedgerCandidate:
+        event, primary, start, end = self._rest.decode(encoded)
+        return LedgerCandidate(
+            self._event.decode(event), primary, from_micros(start), from_micros(end)
+        )
+
+    def is_deterministic(self) -> bool:
+        return True
+
+    def to_type_hint(self) -> type:
+        return LedgerCandidate
+
+
+beam.coders.registry.register_coder(LedgerCandidate, LedgerCandidateCoder)

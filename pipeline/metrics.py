@@ -1,0 +1,93 @@
+"""Names of the Beam counters every outcome increments, and the run summary read from them.
+
+One namespace, one constant per counter: the DoFns increment them, the summary and the tests read
+them, and Dataflow's monitoring shows them under the same names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from apache_beam.metrics.metric import Metrics, MetricsFilter
+from apache_beam.metrics.metricbase import Counter
+from apache_beam.runners.runner import PipelineResult
+
+NAMESPACE = "effectively_once"
+
+LINES_READ = "lines_read"
+EVENTS_PARSED = "events_parsed"
+DEAD_LETTERS_PARSE = "dead_letters_parse"
+PARSE_INTERNAL_ERRORS = "parse_internal_errors"
+DUPLICATES_PIPELINE = "identical_duplicates_pipeline"
+CONFLICTING_VERSIONS = "conflicting_versions_seen"
+DEDUP_STATE_CREATED = "dedup_state_created"
+DEDUP_STATE_EXPIRED = "dedup_state_expired"
+LEDGER_INSERTED = "ledger_rows_inserted"
+DUPLICATES_WAREHOUSE = "identical_duplicates_warehouse"
+CONFLICTS = "conflicts_dead_lettered"
+TRANSACTIONS_UPSERTED = "transactions_rows_upserted"
+WINDOW_TOTALS_UPSERTED = "window_totals_rows_upserted"
+DEAD_LETTERS_INSERTED = "dead_letters_rows_inserted"
+MERGE_BATCHES = "merge_batches"
+MERGE_RETRIES = "merge_retries"
+MERGE_FALLBACKS = "merge_unrestricted_fallbacks"
+
+
+def counter(name: str) -> Counter:
+    return Metrics.counter(NAMESPACE, name)
+
+
+def read_counters(result: PipelineResult) -> dict[str, int]:
+    """Committed counter values where the runner reports them, attempted ones otherwise."""
+    values: dict[str, int] = {}
+    for metric in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+        value = metric.committed if metric.committed is not None else metric.attempted
+        values[metric.key.metric.name] = values.get(metric.key.metric.name, 0) + (value or 0)
+    return values
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    counters: Mapping[str, int]
+
+    def get(self, name: str) -> int:
+        return self.counters.get(name, 0)
+
+    @property
+    def dead_letters(self) -> int:
+        return self.get(DEAD_LETTERS_PARSE) + self.get(CONFLICTS)
+
+    @property
+    def identical_duplicates(self) -> int:
+        return self.get(DUPLICATES_PIPELINE) + self.get(DUPLICATES_WAREHOUSE)
+
+    def render(self) -> str:
+        rows = [
+            ("lines read", self.get(LINES_READ)),
+            ("accepted (new ledger rows)", self.get(LEDGER_INSERTED)),
+            (
+                "identical duplicates dropped",
+                f"{self.identical_duplicates} (pipeline {self.get(DUPLICATES_PIPELINE)},"
+                f" warehouse {self.get(DUPLICATES_WAREHOUSE)})",
+            ),
+            ("conflicting versions", self.get(CONFLICTS)),
+            (
+                "dead letters",
+                f"{self.dead_letters} (parse {self.get(DEAD_LETTERS_PARSE)},"
+                f" conflict {self.get(CONFLICTS)})",
+            ),
+            ("rows merged: transaction_events", self.get(LEDGER_INSERTED)),
+            ("rows merged: transactions", self.get(TRANSACTIONS_UPSERTED)),
+            ("rows merged: account_window_totals", self.get(WINDOW_TOTALS_UPSERTED)),
+            ("rows merged: dead_letters", self.get(DEAD_LETTERS_INSERTED)),
+            (
+                "merge batches (retries, unrestricted fallbacks)",
+                f"{self.get(MERGE_BATCHES)}"
+                f" ({self.get(MERGE_RETRIES)}, {self.get(MERGE_FALLBACKS)})",
+            ),
+        ]
+        width = max(len(label) for label, _ in rows)
+        return "\n".join(
+            ["Run summary", *(f"  {label:<{width}}  {value}" for label, value in rows)]
+        )

@@ -1,0 +1,366 @@
+"""DuckDB: the embedded warehouse for local runs and tests, with the same semantics as BigQuery.
+
+Each batch is one transaction: stage the batch in bulk (an Arrow table, no row-by-row INSERT),
+then one MERGE per table. Values reach DuckDB only as staged data or bound parameters;
+identifiers come from :mod:`pipeline.tables` and are validated there.
+
+Flat cost, and why it is safe. The ledger MERGE matches ``event_id`` only within the batch's
+event-time range, so DuckDB scans the row groups of that range instead of the whole table (the
+cost stays flat as the ledger grows; see BENCHMARKS.md). Restricting the match could in principle
+let a version of an event with a *different* event_time, stored outside the range, look absent
+and be inserted as a second row. It cannot: ``event_id`` is the table's PRIMARY KEY, so such an
+insert fails with a constraint error, the transaction rolls back and the batch is merged again
+without the restriction (``used_fallback``), where the stored version is found and the new one is
+dead-lettered as a conflict. The same holds for ``transactions`` (PRIMARY KEY ``transaction_id``;
+its restriction is widened by ``transaction_lookback`` because a transaction's current row may be
+older than the batch). Totals need no fallback: a window's row can only sit at its window_start.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from pipeline.dead_letters import DeadLetter
+from pipeline.events import Event, LedgerCandidate
+from pipeline.sinks import ledger_rules
+from pipeline.sinks.warehouse import MergeOutcome, Warehouse
+from pipeline.tables import (
+    ACCOUNT_WINDOW_TOTALS,
+    ALL_TABLES,
+    DEAD_LETTERS,
+    TRANSACTION_EVENTS,
+    TRANSACTIONS,
+    Table,
+    validate_identifier,
+)
+
+_DUCKDB_TYPES = {
+    "STRING": "VARCHAR",
+    "NUMERIC": "DECIMAL(38, 9)",
+    "TIMESTAMP": "TIMESTAMPTZ",
+    "INT64": "BIGINT",
+    "BOOL": "BOOLEAN",
+    "JSON": "VARCHAR",  # DuckDB's JSON type needs an extension; the text is kept verbatim
+}
+_ARROW_TYPES = {
+    "STRING": pa.string(),
+    "NUMERIC": pa.decimal128(38, 9),
+    "TIMESTAMP": pa.timestamp("us", tz="UTC"),
+    "INT64": pa.int64(),
+    "BOOL": pa.bool_(),
+    "JSON": pa.string(),
+}
+
+_EVENT_COLUMNS = (
+    "event_id",
+    "transaction_id",
+    "account_id",
+    "amount",
+    "currency",
+    "status",
+    "event_time",
+)
+_STAGE_EVENTS_SCHEMA = pa.schema(
+    [
+        *(
+            pa.field(c.name, _ARROW_TYPES[c.type])
+            for c in TRANSACTION_EVENTS.columns
+            if c.name in _EVENT_COLUMNS
+        ),
+        pa.field("is_primary", pa.bool_()),
+        pa.field("window_start", _ARROW_TYPES["TIMESTAMP"]),
+        pa.field("window_end", _ARROW_TYPES["TIMESTAMP"]),
+    ]
+)
+_STAGE_DEAD_LETTERS_SCHEMA = pa.schema(
+    [pa.field(c.name, _ARROW_TYPES[c.type]) for c in DEAD_LETTERS.columns]
+)
+
+# DuckDB caches one database instance per file per process; connections to it from several
+# threads (the streaming DirectRunner) are fine, but creating tables concurrently is not.
+_CREATE_LOCK = threading.Lock()
+
+
+def create_table_sql(table: Table) -> str:
+    columns = ", ".join(
+        f"{c.name} {_DUCKDB_TYPES[c.type]}{' NOT NULL' if c.required else ''}"
+        for c in table.columns
+    )
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table.name} ({columns}, PRIMARY KEY ({', '.join(table.key)}))"
+    )
+
+
+def _range(restricted: bool, column: str, low: str, high: str) -> str:
+    return f" AND {column} BETWEEN {low} AND {high}" if restricted else ""
+
+
+def _ledger_merge_sql(restricted: bool) -> str:
+    cols = ", ".join(_EVENT_COLUMNS)
+    return f"""
+        MERGE INTO {TRANSACTION_EVENTS.name} AS t
+        USING (SELECT {cols} FROM stage_events WHERE is_primary) AS s
+        ON t.event_id = s.event_id{_range(restricted, "t.event_time", "$lo", "$hi")}
+        WHEN NOT MATCHED THEN INSERT ({cols}, ingested_at)
+            VALUES ({", ".join("s." + c for c in _EVENT_COLUMNS)}, $now)
+    """
+
+
+def _ledger_versions_sql(restricted: bool, ids_from: str) -> str:
+    return f"""
+        SELECT {", ".join(_EVENT_COLUMNS)} FROM {TRANSACTION_EVENTS.name}
+        WHERE event_id IN (SELECT event_id FROM {ids_from})
+        {_range(restricted, "event_time", "$lo", "$hi")}
+    """
+
+
+def _transactions_merge_sql(restricted: bool) -> str:
+    fields = ("account_id", "amount", "currency", "status", "event_time", "event_id")
+    return f"""
+        MERGE INTO {TRANSACTIONS.name} AS t
+        USING (
+            SELECT transaction_id, {", ".join(fields)} FROM {TRANSACTION_EVENTS.name}
+            WHERE event_id IN (SELECT event_id FROM stage_events)
+            {_range(restricted, "event_time", "$lo", "$hi")}
+            QUALIFY row_number() OVER (
+                PARTITION BY transaction_id ORDER BY event_time DESC, event_id DESC) = 1
+        ) AS s
+        ON t.transaction_id = s.transaction_id
+            {_range(restricted, "t.event_time", "$lo - $lookback", "$hi + $lookback")}
+        WHEN MATCHED AND (s.event_time > t.event_time
+                          OR (s.event_time = t.event_time AND s.event_id > t.event_id))
+            THEN UPDATE SET {", ".join(f"{f} = s.{f}" for f in fields)}, updated_at = $now
+        WHEN NOT MATCHED THEN INSERT (transaction_id, {", ".join(fields)}, updated_at)
+            VALUES (s.transaction_id, {", ".join("s." + f for f in fields)}, $now)
+    """
+
+
+# Windows are recomputed from the ledger, never incremented: a total is then exact whatever was
+# duplicated, replayed or retried. Both the ledger scan and the target are restricted to the
+# batch's windows; a window's row can only be at its window_start, so no fallback is needed.
+_TOTALS_MERGE_SQL = f"""
+    MERGE INTO {ACCOUNT_WINDOW_TOTALS.name} AS t
+    USING (
+        SELECT w.account_id, w.currency, w.window_start, w.window_end,
+               count(l.event_id) AS event_count,
+               coalesce(sum(l.amount), 0)::DECIMAL(38, 9) AS total_amount
+        FROM (SELECT DISTINCT account_id, currency, window_start, window_end
+              FROM stage_events) AS w
+        LEFT JOIN {TRANSACTION_EVENTS.name} AS l
+            ON l.account_id = w.account_id AND l.currency = w.currency
+            AND l.event_time >= w.window_start AND l.event_time < w.window_end
+            AND l.event_time >= $wlo AND l.event_time < $whi
+        GROUP BY w.account_id, w.currency, w.window_start, w.window_end
+    ) AS s
+    ON t.account_id = s.account_id AND t.currency = s.currency
+        AND t.window_start = s.window_start AND t.window_start BETWEEN $wlo AND $whi
+    WHEN MATCHED AND (t.event_count <> s.event_count OR t.total_amount <> s.total_amount
+                      OR t.window_end <> s.window_end)
+        THEN UPDATE SET window_end = s.window_end, event_count = s.event_count,
+                        total_amount = s.total_amount, updated_at = $now
+    WHEN NOT MATCHED AND s.event_count > 0 THEN INSERT
+        (account_id, currency, window_start, window_end, event_count, total_amount, updated_at)
+        VALUES (s.account_id, s.currency, s.window_start, s.window_end, s.event_count,
+                s.total_amount, $now)
+"""
+
+_DEAD_LETTERS_MERGE_SQL = f"""
+    MERGE INTO {DEAD_LETTERS.name} AS t
+    USING stage_dead_letters AS s
+    ON t.dead_letter_id = s.dead_letter_id
+    WHEN NOT MATCHED THEN INSERT ({", ".join(DEAD_LETTERS.column_names)})
+        VALUES ({", ".join("s." + c for c in DEAD_LETTERS.column_names)})
+"""
+
+
+_PARAMETER = re.compile(r"\$([a-z_]+)")
+
+
+def _bind(sql: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The named parameters a statement uses (DuckDB refuses unused ones)."""
+    return {name: values[name] for name in set(_PARAMETER.findall(sql))}
+
+
+def _count(cursor: duckdb.DuckDBPyConnection) -> int:
+    row = cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+class DuckDBWarehouse(Warehouse):
+    """The four tables in one DuckDB file; every batch in one transaction."""
+
+    def __init__(
+        self, path: str, transaction_lookback: dt.timedelta = dt.timedelta(days=1)
+    ) -> None:
+        if transaction_lookback < dt.timedelta(0):
+            raise ValueError("transaction_lookback must not be negative")
+        self.path = path
+        self.transaction_lookback = transaction_lookback
+        self._connection: duckdb.DuckDBPyConnection | None = None
+
+    # --- connection ---------------------------------------------------------------------------
+
+    @property
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        if self._connection is None:
+            directory = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(directory, exist_ok=True)
+            self._connection = duckdb.connect(self.path)
+            self._connection.execute("SET TimeZone = 'UTC'")
+        return self._connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def is_transient(self, error: BaseException) -> bool:
+        # Optimistic concurrency: two transactions touching the same rows; the loser may retry.
+        return isinstance(error, duckdb.TransactionException) or (
+            isinstance(error, duckdb.IOException) and "lock" in str(error).lower()
+        )
+
+    def create_tables(self) -> None:
+        with _CREATE_LOCK:
+            for table in ALL_TABLES:
+                self.connection.execute(create_table_sql(table))
+
+    # --- events ------------------------------------------------------------------------------
+
+    def merge_events(self, batch: Sequence[LedgerCandidate]) -> MergeOutcome:
+        prepared = ledger_rules.prepare(batch)
+        if not prepared.candidates:
+            return MergeOutcome()
+        try:
+            outcome = self._merge_events(prepared, restricted=True)
+        except duckdb.ConstraintException:
+            # A version stored outside the restricted range exists: see the module docstring.
+            outcome = self._merge_events(prepared, restricted=False)
+        return outcome
+
+    def _merge_events(self, prepared: ledger_rules.PreparedBatch, restricted: bool) -> MergeOutcome:
+        candidates = prepared.candidates
+        con = self.connection
+        times = [c.event.event_time for c in candidates]
+        values: dict[str, Any] = {
+            "lo": min(times),
+            "hi": max(times),
+            "wlo": min(c.window_start for c in candidates),
+            "whi": max(c.window_end for c in candidates),
+            "lookback": self.transaction_lookback,
+            "now": dt.datetime.now(dt.UTC),
+        }
+
+        def run(sql: str) -> int:
+            return _count(con.execute(sql, _bind(sql, values)))
+
+        con.execute("BEGIN TRANSACTION")
+        try:
+            self._stage_events(candidates)
+            inserted = run(_ledger_merge_sql(restricted))
+            ledger = self._ledger_versions(candidates, restricted, values)
+            judgement = ledger_rules.judge(candidates, ledger)
+            dead_letters = self._insert_dead_letters(list(judgement.conflicts))
+            transactions = run(_transactions_merge_sql(restricted))
+            windows = run(_TOTALS_MERGE_SQL)
+            con.execute("DROP TABLE stage_events")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return MergeOutcome(
+            inserted=inserted,
+            duplicates=judgement.landed - inserted + prepared.copies_removed,
+            conflicts=len(judgement.conflicts),
+            transactions_upserted=transactions,
+            windows_upserted=windows,
+            dead_letters_inserted=dead_letters,
+            used_fallback=not restricted,
+        )
+
+    def _stage_events(self, candidates: Sequence[LedgerCandidate]) -> None:
+        arrow = pa.Table.from_pylist(
+            [
+                {
+                    **candidate.event._asdict(),
+                    "is_primary": candidate.primary,
+                    "window_start": candidate.window_start,
+                    "window_end": candidate.window_end,
+                }
+                for candidate in candidates
+            ],
+            schema=_STAGE_EVENTS_SCHEMA,
+        )
+        self.connection.register("stage_events_arrow", arrow)
+        try:
+            self.connection.execute(
+                "CREATE OR REPLACE TEMP TABLE stage_events AS SELECT * FROM stage_events_arrow"
+            )
+        finally:
+            self.connection.unregister("stage_events_arrow")
+
+    def _ledger_versions(
+        self, candidates: Sequence[LedgerCandidate], restricted: bool, params: dict[str, Any]
+    ) -> dict[str, Event]:
+        sql = _ledger_versions_sql(restricted, "stage_events")
+        rows = self.connection.execute(sql, _bind(sql, params)).fetchall()
+        ledger = {row[0]: Event(*row) for row in rows}
+        if restricted:
+            # A refused version's stored twin may lie outside the range; look only those up
+            # without the restriction so the dead letter can say what differs.
+            missing = {c.event.event_id for c in candidates if c.event.event_id not in ledger}
+            if missing:
+                more = self.connection.execute(
+                    _ledger_versions_sql(False, "(SELECT unnest($ids) AS event_id)"),
+                    {"ids": sorted(missing)},
+                ).fetchall()
+                ledger.update({row[0]: Event(*row) for row in more})
+        return ledger
+
+    # --- dead letters ------------------------------------------------------------------------
+
+    def merge_dead_letters(self, rows: Sequence[DeadLetter]) -> int:
+        if not rows:
+            return 0
+        con = self.connection
+        con.execute("BEGIN TRANSACTION")
+        try:
+            inserted = self._insert_dead_letters(rows)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return inserted
+
+    def _insert_dead_letters(self, rows: Sequence[DeadLetter]) -> int:
+        if not rows:
+            return 0
+        arrow = pa.Table.from_pylist(
+            [row._asdict() for row in ledger_rules.unique_dead_letters(rows)],
+            schema=_STAGE_DEAD_LETTERS_SCHEMA,
+        )
+        self.connection.register("stage_dead_letters", arrow)
+        try:
+            return _count(self.connection.execute(_DEAD_LETTERS_MERGE_SQL))
+        finally:
+            self.connection.unregister("stage_dead_letters")
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def fetch_rows(self, table: str) -> list[dict[str, Any]]:
+        spec = next((t for t in ALL_TABLES if t.name == validate_identifier(table)), None)
+        if spec is None:
+            raise ValueError(f"unknown table {table!r}")
+        cursor = self.connection.execute(
+            f"SELECT * FROM {spec.name} ORDER BY {', '.join(spec.key)}"
+        )
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]

@@ -1,0 +1,86 @@
+"""The ledger's rules, shared by every warehouse: which version is written, which is refused.
+
+A warehouse stages a batch, inserts the chosen versions whose event_id is absent, reads back what
+its ledger holds for the batch's ids and hands both to :func:`judge`. Keeping these rules in
+Python, out of each warehouse's SQL, means DuckDB and BigQuery cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from pipeline.dead_letters import DeadLetter, conflict_dead_letter
+from pipeline.events import Event, LedgerCandidate, to_micros
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch ready to stage: one row per distinct version, one primary per event_id."""
+
+    candidates: tuple[LedgerCandidate, ...]
+    copies_removed: int  # identical versions that reached the sink more than once
+
+
+def _order(event: Event) -> tuple[int, str]:
+    return to_micros(event.event_time), event.to_json()
+
+
+def prepare(batch: Iterable[LedgerCandidate]) -> PreparedBatch:
+    """Drop repeated versions and keep a single primary per event_id.
+
+    Two rows of the source must never match one target row in a MERGE (BigQuery refuses it,
+    DuckDB silently applies both), so the staged batch holds each version once, and of several
+    primaries for one event_id (possible when dedup state expired between them) only the earliest
+    stays primary.
+    """
+    by_event: dict[Event, LedgerCandidate] = {}
+    total = 0
+    for candidate in batch:
+        total += 1
+        known = by_event.get(candidate.event)
+        if known is None or (candidate.primary and not known.primary):
+            by_event[candidate.event] = candidate
+    primary_of: dict[str, Event] = {}
+    for event, candidate in by_event.items():
+        if candidate.primary:
+            current = primary_of.get(event.event_id)
+            if current is None or _order(event) < _order(current):
+                primary_of[event.event_id] = event
+    prepared = tuple(
+        candidate._replace(primary=primary_of.get(event.event_id) == event)
+        for event, candidate in by_event.items()
+    )
+    return PreparedBatch(prepared, total - len(prepared))
+
+
+@dataclass(frozen=True)
+class Judgement:
+    landed: int  # versions now in the ledger (inserted by this batch or already there)
+    conflicts: tuple[DeadLetter, ...]
+
+
+def judge(candidates: Sequence[LedgerCandidate], ledger: Mapping[str, Event]) -> Judgement:
+    """Compare each staged version with the version the ledger holds after the insert.
+
+    Equal: it landed (now or earlier). Different: the ledger's version stands and this one
+    becomes a conflict dead letter. Absent: another version of the id was chosen in this run and
+    has not been committed yet; this one is a conflict all the same.
+    """
+    landed = 0
+    conflicts: list[DeadLetter] = []
+    for candidate in candidates:
+        held = ledger.get(candidate.event.event_id)
+        if held == candidate.event:
+            landed += 1
+        else:
+            conflicts.append(conflict_dead_letter(candidate.event, held))
+    return Judgement(landed, tuple(conflicts))
+
+
+def unique_dead_letters(rows: Iterable[DeadLetter]) -> list[DeadLetter]:
+    """First row per dead_letter_id, so the MERGE source never repeats a key."""
+    seen: dict[str, DeadLetter] = {}
+    for row in rows:
+        seen.setdefault(row.dead_letter_id, row)
+    return list(seen.values())

@@ -1,0 +1,90 @@
+"""The warehouse seam: the small interface every warehouse implements, and how one is chosen.
+
+The upsert composite talks only to this interface, so tests hand it a real local warehouse, or a
+fault-injecting wrapper around one, instead of mocking anything. A ``WarehouseFactory`` (a
+picklable zero-argument callable) is what travels to the workers; each DoFn instance opens its
+own connection in ``setup``.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.dead_letters import DeadLetter
+from pipeline.events import LedgerCandidate
+
+WAREHOUSE_KINDS = ("duckdb", "bigquery")
+
+
+@dataclass(frozen=True)
+class MergeOutcome:
+    """What one batch did to the tables. Counts add up to the candidates in the batch:
+    ``inserted + duplicates + conflicts == len(batch)``."""
+
+    inserted: int = 0  # new ledger rows
+    duplicates: int = 0  # versions the ledger already held (replays, redeliveries, expired state)
+    conflicts: int = 0  # versions refused because the ledger holds another: dead-lettered
+    transactions_upserted: int = 0
+    windows_upserted: int = 0
+    dead_letters_inserted: int = 0
+    used_fallback: bool = False  # the time-restricted MERGE could not be used for this batch
+
+
+class Warehouse(abc.ABC):
+    """A place the four tables live in, written only through idempotent MERGEs."""
+
+    @abc.abstractmethod
+    def create_tables(self) -> None:
+        """Create the tables if they do not exist; safe to call concurrently and repeatedly."""
+
+    @abc.abstractmethod
+    def merge_events(self, batch: Sequence[LedgerCandidate]) -> MergeOutcome:
+        """Stage the batch and MERGE it into transaction_events, transactions and
+        account_window_totals (and conflict rows into dead_letters), atomically where the
+        warehouse allows. Running it again with the same batch changes nothing."""
+
+    @abc.abstractmethod
+    def merge_dead_letters(self, rows: Sequence[DeadLetter]) -> int:
+        """Insert the dead letters whose id is absent; returns how many were inserted."""
+
+    @abc.abstractmethod
+    def fetch_rows(self, table: str) -> list[dict[str, Any]]:
+        """All rows of a table ordered by its key (for reconcile and tests, not for hot paths)."""
+
+    def is_transient(self, error: BaseException) -> bool:
+        """Whether retrying the same call may succeed (contention, unavailability)."""
+        return False
+
+    def close(self) -> None:  # noqa: B027  # optional hook, most warehouses need it
+        """Release connections."""
+
+
+WarehouseFactory = Callable[[], Warehouse]
+
+
+def parse_warehouse_url(url: str) -> tuple[str, str]:
+    """``duckdb:PATH`` or ``bigquery:PROJECT.DATASET`` -> (kind, location); ValueError if not."""
+    kind, sep, location = url.partition(":")
+    if not sep or kind not in WAREHOUSE_KINDS or not location:
+        raise ValueError(
+            f"--warehouse must be duckdb:PATH or bigquery:PROJECT.DATASET, got {url!r}"
+        )
+    return kind, location
+
+
+def open_warehouse(url: str) -> Warehouse:
+    kind, location = parse_warehouse_url(url)
+    if kind == "duckdb":
+        from pipeline.sinks.duckdb import DuckDBWarehouse  # noqa: PLC0415  # only what is used
+
+        return DuckDBWarehouse(location)
+    raise NotImplementedError(f"the {kind} warehouse is not available in this version")
+
+
+def warehouse_factory(url: str) -> WarehouseFactory:
+    parse_warehouse_url(url)  # fail at construction time, not on the workers
+    return functools.partial(open_warehouse, url)

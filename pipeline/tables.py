@@ -1,0 +1,135 @@
+"""The four output tables, defined once.
+
+Every warehouse derives its DDL from these definitions (DuckDB here, BigQuery and the Terraform
+schema files later), so a column can only be added in one place. Types are logical, named after
+BigQuery's: money is NUMERIC (DECIMAL(38, 9)), times are TIMESTAMP in UTC.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def validate_identifier(name: str) -> str:
+    """Table and column names go into SQL text, so only plain identifiers are accepted."""
+    if not _IDENTIFIER.fullmatch(name):
+        raise ValueError(f"{name!r} is not a valid identifier (letters, digits, underscore)")
+    return name
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # STRING | NUMERIC | TIMESTAMP | INT64 | BOOL | JSON
+    required: bool
+    description: str
+
+    def __post_init__(self) -> None:
+        validate_identifier(self.name)
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]  # one row per key
+    time_column: str  # the column MERGEs restrict on and BigQuery partitions by
+    description: str
+
+    def __post_init__(self) -> None:
+        validate_identifier(self.name)
+        names = self.column_names
+        missing = [c for c in (*self.key, self.time_column) if c not in names]
+        if missing:
+            raise ValueError(f"{self.name}: unknown columns {missing}")
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(column.name for column in self.columns)
+
+
+def _s(name: str, description: str, required: bool = True) -> Column:
+    return Column(name, "STRING", required, description)
+
+
+def _ts(name: str, description: str, required: bool = True) -> Column:
+    return Column(name, "TIMESTAMP", required, description)
+
+
+_EVENT_FIELDS = (
+    _s("transaction_id", "Business transaction the event belongs to."),
+    _s("account_id", "Account the amount is booked on."),
+    Column("amount", "NUMERIC", True, "Exact amount, NUMERIC(38, 9); never a float."),
+    _s("currency", "ISO 4217 code, three uppercase letters."),
+    _s("status", "PENDING, POSTED or REVERSED."),
+    _ts("event_time", "When the event happened, UTC."),
+)
+
+TRANSACTION_EVENTS = Table(
+    name="transaction_events",
+    columns=(
+        _s("event_id", "Idempotency key: one row per event, never updated."),
+        *_EVENT_FIELDS,
+        _ts("ingested_at", "When the row was first merged, UTC."),
+    ),
+    key=("event_id",),
+    time_column="event_time",
+    description="The ledger: every accepted event exactly once.",
+)
+
+TRANSACTIONS = Table(
+    name="transactions",
+    columns=(
+        _s("transaction_id", "One row per transaction."),
+        *(c for c in _EVENT_FIELDS if c.name != "transaction_id"),
+        _s(
+            "event_id",
+            "The event whose fields the row holds: latest event_time, ties to the"
+            " greater event_id.",
+        ),
+        _ts("updated_at", "When the row last changed, UTC."),
+    ),
+    key=("transaction_id",),
+    time_column="event_time",
+    description="Current state of each transaction, from its latest event.",
+)
+
+ACCOUNT_WINDOW_TOTALS = Table(
+    name="account_window_totals",
+    columns=(
+        _s("account_id", "Account."),
+        _s("currency", "Currency of the total."),
+        _ts("window_start", "Start of the fixed event-time window (inclusive), UTC."),
+        _ts("window_end", "End of the window (exclusive), UTC."),
+        Column("event_count", "INT64", True, "Events of the ledger in the window."),
+        Column("total_amount", "NUMERIC", True, "Exact sum of their amounts."),
+        _ts("updated_at", "When the row last changed, UTC."),
+    ),
+    key=("account_id", "currency", "window_start"),
+    time_column="window_start",
+    description="Exact count and sum per account, currency and fixed event-time window,"
+    " recomputed from the ledger.",
+)
+
+DEAD_LETTERS = Table(
+    name="dead_letters",
+    columns=(
+        _s("dead_letter_id", "Hash of stage and payload: a replay adds no row."),
+        _s("stage", "Step that refused the input: parse or dedup."),
+        _s("error", "Why; names the offending field, or says conflict."),
+        _s("payload", "The raw input (base64 when it was not UTF-8), or the conflicting version."),
+        _s("payload_encoding", "utf-8 or base64."),
+        _s("event_id", "The event_id when it could be read.", required=False),
+        _s("message_id", "Pub/Sub message id, for streaming input.", required=False),
+        Column("attributes", "JSON", False, "Pub/Sub message attributes, for streaming input."),
+        _ts("arrival_time", "When the input was first refused, UTC."),
+    ),
+    key=("dead_letter_id",),
+    time_column="arrival_time",
+    description="Input the pipeline refused, with the reason; nothing is dropped silently.",
+)
+
+ALL_TABLES = (TRANSACTION_EVENTS, TRANSACTIONS, ACCOUNT_WINDOW_TOTALS, DEAD_LETTERS)

@@ -1,0 +1,1 @@
+"""Tools around the pipeline: generate test input with its ground truth, reconcile a warehouse."""

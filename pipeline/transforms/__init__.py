@@ -1,0 +1,1 @@
+"""Pure Beam steps, no I/O: parse, dedup, window. Each is a composite with documented semantics."""
