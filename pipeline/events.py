@@ -18,7 +18,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -28,6 +28,10 @@ from apache_beam.coders import FastPrimitivesCoder
 AMOUNT_SCALE = 9
 AMOUNT_INTEGER_DIGITS = 29
 _QUANTUM = Decimal(1).scaleb(-AMOUNT_SCALE)
+# Python's default decimal context keeps 28 digits and rounds silently. Money needs 38 digits
+# and must never round: this context is wide enough for any sum of NUMERIC values the tools
+# compute, and traps (raises on) any rounding instead of hiding it.
+MONEY_CONTEXT = Context(prec=100, traps=[InvalidOperation, Inexact, Rounded, Overflow])
 _AMOUNT_LIMIT = Decimal(10) ** AMOUNT_INTEGER_DIGITS
 
 MAX_ID_LENGTH = 128
@@ -102,7 +106,7 @@ class Event(NamedTuple):
 
 def format_amount(amount: Decimal) -> str:
     """Plain notation, never exponent notation, with the warehouse scale."""
-    return f"{amount.quantize(_QUANTUM):f}"
+    return f"{amount.quantize(_QUANTUM, context=MONEY_CONTEXT):f}"
 
 
 def format_timestamp(value: dt.datetime) -> str:
@@ -302,7 +306,7 @@ def _parse_amount(value: Any) -> Decimal:
         raise ContractViolation("amount", f"more than {AMOUNT_INTEGER_DIGITS} integer digits")
     # Quantising to the warehouse scale is exact here (at most 9 fraction digits) and gives equal
     # values one representation: 10.5 and 10.50 both become 10.500000000.
-    return amount.quantize(_QUANTUM) + 0  # + 0 turns -0 into 0
+    return MONEY_CONTEXT.add(amount.quantize(_QUANTUM, context=MONEY_CONTEXT), 0)  # -0 -> 0
 
 
 def _parse_currency(value: Any) -> str:

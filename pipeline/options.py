@@ -79,6 +79,13 @@ class EffectivelyOnceOptions(PipelineOptions):
             help="Retries of a transient warehouse error, with exponential backoff, before the"
             " bundle fails (the runner then retries the bundle). Default: 5",
         )
+        parser.add_argument(
+            "--merge_retry_delay_seconds",
+            type=float,
+            default=1.0,
+            help="First backoff delay of those retries, in seconds; it doubles each time."
+            " Default: 1",
+        )
 
 
 def validate(options: PipelineOptions) -> list[str]:
@@ -103,6 +110,8 @@ def validate(options: PipelineOptions) -> list[str]:
         problems.append("--batch_flush_seconds must be positive")
     if opts.merge_retries < 0:
         problems.append("--merge_retries must be >= 0")
+    if opts.merge_retry_delay_seconds < 0:
+        problems.append("--merge_retry_delay_seconds must be >= 0")
     if options.view_as(StandardOptions).streaming and opts.input_files:
         problems.append("--input_files is bounded input; do not combine it with --streaming")
     return problems

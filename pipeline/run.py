@@ -61,6 +61,7 @@ def build_pipeline(
         "max_batch_rows": opts.max_batch_rows,
         "flush_seconds": opts.batch_flush_seconds,
         "num_retries": opts.merge_retries,
+        "initial_retry_delay_seconds": opts.merge_retry_delay_seconds,
     }
     merged = candidates | "MergeLedger" >> UpsertLedger(factory, **sink_args)
     dead_letters_merged = parsed[DEAD_LETTER_TAG] | "MergeDeadLetters" >> UpsertDeadLetters(

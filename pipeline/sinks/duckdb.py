@@ -22,7 +22,7 @@ import datetime as dt
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import duckdb
@@ -198,12 +198,18 @@ class DuckDBWarehouse(Warehouse):
     """The four tables in one DuckDB file; every batch in one transaction."""
 
     def __init__(
-        self, path: str, transaction_lookback: dt.timedelta = dt.timedelta(days=1)
+        self,
+        path: str,
+        transaction_lookback: dt.timedelta = dt.timedelta(days=1),
+        connect: Callable[[str], duckdb.DuckDBPyConnection] = duckdb.connect,
     ) -> None:
+        """``connect`` is the client seam: tests pass a wrapper around ``duckdb.connect`` that
+        injects faults into the real connection."""
         if transaction_lookback < dt.timedelta(0):
             raise ValueError("transaction_lookback must not be negative")
         self.path = path
         self.transaction_lookback = transaction_lookback
+        self._connect = connect
         self._connection: duckdb.DuckDBPyConnection | None = None
 
     # --- connection ---------------------------------------------------------------------------
@@ -213,7 +219,7 @@ class DuckDBWarehouse(Warehouse):
         if self._connection is None:
             directory = os.path.dirname(os.path.abspath(self.path))
             os.makedirs(directory, exist_ok=True)
-            self._connection = duckdb.connect(self.path)
+            self._connection = self._connect(self.path)
             self._connection.execute("SET TimeZone = 'UTC'")
         return self._connection
 

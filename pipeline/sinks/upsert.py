@@ -62,18 +62,18 @@ class BatchForMerge(beam.PTransform):
         self._flush_seconds = flush_seconds
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
-        keyed = rows | "KeyByPartition" >> beam.WithKeys(self._key).with_output_types(
-            tuple[str, rows.element_type]  # type: ignore[name-defined]
-        )
+        keyed_type = tuple[str, rows.element_type]  # type: ignore[name-defined]
+        keyed = rows | "KeyByPartition" >> beam.WithKeys(self._key).with_output_types(keyed_type)
         if rows.is_bounded:
             return (
                 keyed
                 | "GroupByPartition" >> beam.GroupByKey()
                 | "ChunkInTimeOrder" >> beam.FlatMap(_chunks, self._sort_key, self._max_rows)
             )
+        # The input hint gives the batching state a deterministic str key coder.
         return keyed | "GroupIntoBatches" >> beam.GroupIntoBatches(
             self._max_rows, max_buffering_duration_secs=self._flush_seconds
-        )
+        ).with_input_types(keyed_type)
 
 
 def _chunks(

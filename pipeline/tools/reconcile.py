@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 from pipeline.dead_letters import STAGE_DEDUP, STAGE_PARSE, dead_letter_id
-from pipeline.events import CONTRACT_FIELDS, Event, parse_event, to_micros
+from pipeline.events import CONTRACT_FIELDS, MONEY_CONTEXT, Event, parse_event, to_micros
 from pipeline.sinks.warehouse import Warehouse, open_warehouse
 from pipeline.tables import ALL_TABLES
 
@@ -72,7 +72,7 @@ def expected_totals(
         start, end = window_of(row["event_time"], size_seconds)
         key = (row["account_id"], row["currency"], start)
         _, count, total = totals.get(key, (end, 0, Decimal(0)))
-        totals[key] = (end, count + 1, total + row["amount"])
+        totals[key] = (end, count + 1, MONEY_CONTEXT.add(total, row["amount"]))
     return totals
 
 

@@ -1,0 +1,135 @@
+"""Fault injection through the warehouse seams: wrappers around the real clients, never mocks.
+
+Faults are planned in a file so that they survive the pickling of warehouse factories into
+Beam workers, and so that a fault fires a fixed number of times across all DoFn instances.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+from pipeline.dead_letters import DeadLetter
+from pipeline.events import LedgerCandidate
+from pipeline.sinks.duckdb import DuckDBWarehouse
+from pipeline.sinks.warehouse import MergeOutcome, Warehouse
+
+
+class InjectedFault(Exception):
+    """Raised where a fault was planned."""
+
+
+class TransientInjectedFault(InjectedFault):
+    """A fault the warehouse reports as transient, so the sink retries it."""
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """A counter file: ``take(name)`` is true the first ``times`` calls for ``name``."""
+
+    path: str
+
+    def arm(self, name: str, times: int) -> FaultPlan:
+        with open(self.path, "a+", encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.seek(0)
+            plan = json.loads(handle.read() or "{}")
+            plan[name] = times
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps(plan))
+        return self
+
+    def take(self, name: str) -> bool:
+        if not os.path.exists(self.path):
+            return False
+        with open(self.path, "r+", encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            plan = json.loads(handle.read() or "{}")
+            left = plan.get(name, 0)
+            if left <= 0:
+                return False
+            plan[name] = left - 1
+            plan[f"{name}.fired"] = plan.get(f"{name}.fired", 0) + 1
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps(plan))
+            return True
+
+    def fired(self, name: str) -> int:
+        with open(self.path, encoding="utf-8") as handle:
+            return int(json.loads(handle.read() or "{}").get(f"{name}.fired", 0))
+
+
+class FaultyWarehouse(Warehouse):
+    """Delegates to a real warehouse; fails where the plan says.
+
+    Fault names: ``before_merge`` (nothing reached the warehouse), ``after_merge`` (the batch
+    committed, then the call failed, as when a worker dies before its bundle completes), and
+    ``dead_letters_before``. ``transient`` decides whether the sink may retry in place.
+    """
+
+    def __init__(self, inner: Warehouse, plan: FaultPlan, transient: bool = True) -> None:
+        self.inner = inner
+        self.plan = plan
+        self.transient = transient
+
+    def _fail(self, name: str) -> None:
+        raise (TransientInjectedFault if self.transient else InjectedFault)(name)
+
+    def create_tables(self) -> None:
+        self.inner.create_tables()
+
+    def merge_events(self, batch: Sequence[LedgerCandidate]) -> MergeOutcome:
+        if self.plan.take("before_merge"):
+            self._fail("before_merge")
+        outcome = self.inner.merge_events(batch)
+        if self.plan.take("after_merge"):
+            self._fail("after_merge")
+        return outcome
+
+    def merge_dead_letters(self, rows: Sequence[DeadLetter]) -> int:
+        if self.plan.take("dead_letters_before"):
+            self._fail("dead_letters_before")
+        return self.inner.merge_dead_letters(rows)
+
+    def fetch_rows(self, table: str) -> list[dict[str, Any]]:
+        return self.inner.fetch_rows(table)
+
+    def is_transient(self, error: BaseException) -> bool:
+        return isinstance(error, TransientInjectedFault) or self.inner.is_transient(error)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@dataclass(frozen=True)
+class FaultyWarehouseFactory:
+    path: str
+    plan: FaultPlan
+    transient: bool = True
+
+    def __call__(self) -> Warehouse:
+        return FaultyWarehouse(DuckDBWarehouse(self.path), self.plan, self.transient)
+
+
+class FaultyConnection:
+    """A real DuckDB connection that raises on the statements ``fails(sql)`` picks."""
+
+    def __init__(self, inner: duckdb.DuckDBPyConnection, fails: Callable[[str], bool]) -> None:
+        self._inner = inner
+        self._fails = fails
+
+    def execute(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        if self._fails(sql):
+            raise InjectedFault(sql.strip().split("\n")[0])
+        return self._inner.execute(sql, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)

@@ -1,0 +1,196 @@
+"""DuckDBWarehouse against a real DuckDB file: the MERGE rules, the restricted fast path and its
+constraint-guarded fallback, and idempotence of every statement."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from decimal import Decimal
+
+import duckdb
+import pytest
+
+from pipeline.dead_letters import STAGE_PARSE, make_dead_letter
+from pipeline.events import Event, LedgerCandidate
+from pipeline.sinks.duckdb import DuckDBWarehouse
+from pipeline.tools.reconcile import Report, check_invariants, fetch_tables, window_of
+from tests.faults import FaultyConnection, InjectedFault
+from tests.helpers import utc
+
+T0 = utc("2026-01-01T00:00:10Z")
+
+
+def event(
+    event_id: str,
+    *,
+    transaction_id: str = "txn-1",
+    account_id: str = "acct-1",
+    amount: str = "10",
+    status: str = "PENDING",
+    at: dt.datetime = T0,
+) -> Event:
+    return Event(event_id, transaction_id, account_id, Decimal(amount), "USD", status, at)
+
+
+def cand(e: Event, primary: bool = True, window: int = 60) -> LedgerCandidate:
+    start, end = window_of(e.event_time, window)
+    return LedgerCandidate(e, primary, start, end)
+
+
+@pytest.fixture
+def wh(duckdb_path: str) -> Iterator[DuckDBWarehouse]:
+    warehouse = DuckDBWarehouse(duckdb_path)
+    warehouse.create_tables()
+    yield warehouse
+    warehouse.close()
+
+
+def ledger(wh: DuckDBWarehouse) -> list[Event]:
+    return [Event(*(r[k] for k in Event._fields)) for r in wh.fetch_rows("transaction_events")]
+
+
+def assert_consistent(wh: DuckDBWarehouse) -> None:
+    report = Report()
+    check_invariants(fetch_tables(wh), report)
+    assert report.problems == []
+
+
+def merge(wh: DuckDBWarehouse, events: Sequence[Event]) -> None:
+    wh.merge_events([cand(e) for e in events])
+
+
+def test_new_events_land_once_and_a_repeat_changes_nothing(wh: DuckDBWarehouse) -> None:
+    batch = [cand(event("e1")), cand(event("e2", transaction_id="txn-2", amount="0.5"))]
+    first = wh.merge_events(batch)
+    assert (first.inserted, first.duplicates, first.conflicts) == (2, 0, 0)
+    snapshot = fetch_tables(wh)
+
+    again = wh.merge_events(batch)
+    assert (again.inserted, again.duplicates, again.conflicts) == (0, 2, 0)
+    assert (again.transactions_upserted, again.windows_upserted) == (0, 0)
+    assert fetch_tables(wh) == snapshot  # audit timestamps included: nothing was rewritten
+    assert_consistent(wh)
+
+
+def test_totals_are_recomputed_from_the_ledger(wh: DuckDBWarehouse) -> None:
+    merge(wh, [event("e1", amount="10.10"), event("e2", transaction_id="t2", amount="0.01")])
+    merge(wh, [event("e3", transaction_id="t3", amount="-5", at=T0 + dt.timedelta(seconds=5))])
+    (row,) = wh.fetch_rows("account_window_totals")
+    assert (row["event_count"], row["total_amount"]) == (3, Decimal("5.11"))
+    assert row["window_start"] == utc("2026-01-01T00:00:00Z")
+    assert row["window_end"] == utc("2026-01-01T00:01:00Z")
+    assert_consistent(wh)
+
+
+def test_conflicting_version_is_dead_lettered_and_ledger_kept(wh: DuckDBWarehouse) -> None:
+    merge(wh, [event("e1", amount="10")])
+    outcome = wh.merge_events([cand(event("e1", amount="99"))])
+    assert (outcome.inserted, outcome.conflicts, outcome.used_fallback) == (0, 1, False)
+    assert ledger(wh) == [event("e1", amount="10")]
+    (dead,) = wh.fetch_rows("dead_letters")
+    assert dead["stage"] == "dedup"
+    assert dead["error"].startswith("conflict:")
+    assert "amount" in dead["error"]
+    assert dead["payload"] == event("e1", amount="99").to_json()
+    # The same conflict again adds no dead letter.
+    assert wh.merge_events([cand(event("e1", amount="99"))]).dead_letters_inserted == 0
+    assert len(wh.fetch_rows("dead_letters")) == 1
+    assert_consistent(wh)
+
+
+def test_version_with_another_event_time_cannot_land_twice(wh: DuckDBWarehouse) -> None:
+    """The restricted MERGE cannot see a version stored days away; the primary key can."""
+    stored = event("e1", at=T0)
+    merge(wh, [stored])
+    days_later = T0 + dt.timedelta(days=5)
+    other = event("e1", amount="11", at=days_later)
+    neighbour = event("e2", transaction_id="t2", at=days_later)
+    outcome = wh.merge_events([cand(other), cand(neighbour)])
+    assert outcome.used_fallback
+    assert (outcome.inserted, outcome.conflicts) == (1, 1)
+    assert sorted(e.event_id for e in ledger(wh)) == ["e1", "e2"]
+    assert ledger(wh)[0] == stored
+    (dead,) = wh.fetch_rows("dead_letters")
+    assert "amount, event_time" in dead["error"]
+    assert_consistent(wh)
+
+
+def test_older_event_never_overwrites_newer_transaction_state(wh: DuckDBWarehouse) -> None:
+    posted = event("e2", status="POSTED", at=T0 + dt.timedelta(minutes=5))
+    pending = event("e1", status="PENDING", at=T0)
+    merge(wh, [posted])
+    merge(wh, [pending])  # arrives later, happened earlier
+    (row,) = wh.fetch_rows("transactions")
+    assert (row["status"], row["event_id"]) == ("POSTED", "e2")
+    assert_consistent(wh)
+
+
+def test_event_time_ties_go_to_the_greater_event_id(wh: DuckDBWarehouse) -> None:
+    merge(wh, [event("e9", status="POSTED")])
+    merge(wh, [event("e1", status="REVERSED")])
+    assert wh.fetch_rows("transactions")[0]["event_id"] == "e9"
+    merge(wh, [event("f0", status="REVERSED")])
+    assert wh.fetch_rows("transactions")[0]["event_id"] == "f0"
+
+
+def test_transaction_state_older_than_the_lookback_is_still_one_row(wh: DuckDBWarehouse) -> None:
+    merge(wh, [event("e1", at=T0)])
+    outcome = wh.merge_events([cand(event("e2", status="POSTED", at=T0 + dt.timedelta(days=30)))])
+    assert outcome.used_fallback
+    (row,) = wh.fetch_rows("transactions")
+    assert (row["event_id"], row["status"]) == ("e2", "POSTED")
+    assert_consistent(wh)
+
+
+def test_non_primary_version_without_a_ledger_row_is_a_conflict(wh: DuckDBWarehouse) -> None:
+    outcome = wh.merge_events([cand(event("e1", amount="2"), primary=False)])
+    assert (outcome.inserted, outcome.conflicts) == (0, 1)
+    assert ledger(wh) == []
+    assert "another version" in wh.fetch_rows("dead_letters")[0]["error"]
+
+
+def test_batch_with_two_primaries_for_one_id_lands_the_earliest(wh: DuckDBWarehouse) -> None:
+    early, late = event("e1", at=T0), event("e1", amount="3", at=T0 + dt.timedelta(seconds=1))
+    outcome = wh.merge_events([cand(late), cand(early), cand(early)])
+    assert (outcome.inserted, outcome.duplicates, outcome.conflicts) == (1, 1, 1)
+    assert ledger(wh) == [early]
+
+
+def test_values_are_stored_verbatim_never_as_sql(wh: DuckDBWarehouse) -> None:
+    nasty = "x'); DROP TABLE transaction_events; --"
+    merge(wh, [event(nasty, transaction_id=nasty, account_id="o'brien")])
+    assert ledger(wh)[0].event_id == nasty
+    assert wh.fetch_rows("transactions")[0]["account_id"] == "o'brien"
+
+
+def test_dead_letters_merge_is_idempotent(wh: DuckDBWarehouse) -> None:
+    rows = [make_dead_letter(STAGE_PARSE, "payload: empty", b"") for _ in range(3)]
+    assert wh.merge_dead_letters(rows) == 1
+    assert wh.merge_dead_letters(rows) == 0
+    assert len(wh.fetch_rows("dead_letters")) == 1
+
+
+@pytest.mark.parametrize("failing_table", ["transactions", "account_window_totals"])
+def test_a_failing_statement_rolls_the_whole_batch_back(
+    wh: DuckDBWarehouse, duckdb_path: str, failing_table: str
+) -> None:
+    merge(wh, [event("e1")])
+    before = fetch_tables(wh)
+    wh.close()
+    faulty = DuckDBWarehouse(
+        duckdb_path,
+        connect=lambda path: FaultyConnection(  # type: ignore[arg-type,return-value]
+            duckdb.connect(path), lambda sql: f"MERGE INTO {failing_table} " in sql
+        ),
+    )
+    with pytest.raises(InjectedFault):
+        faulty.merge_events([cand(event("e2", transaction_id="t2"))])
+    faulty.close()
+    # The ledger MERGE ran before the failing one; it was rolled back with it.
+    assert fetch_tables(wh) == before
+
+
+def test_create_tables_is_repeatable(wh: DuckDBWarehouse) -> None:
+    merge(wh, [event("e1")])
+    wh.create_tables()
+    assert len(ledger(wh)) == 1
