@@ -32,7 +32,8 @@ _QUANTUM = Decimal(1).scaleb(-AMOUNT_SCALE)
 # and must never round: this context is wide enough for any sum of NUMERIC values the tools
 # compute, and traps (raises on) any rounding instead of hiding it.
 MONEY_CONTEXT = Context(prec=100, traps=[InvalidOperation, Inexact, Rounded, Overflow])
-_AMOUNT_LIMIT = Decimal(10) ** AMOUNT_INTEGER_DIGITS
+# Every NUMERIC(38, 9) value is below this in absolute value.
+NUMERIC_LIMIT = Decimal(10) ** AMOUNT_INTEGER_DIGITS
 
 MAX_ID_LENGTH = 128
 STATUSES = ("PENDING", "POSTED", "REVERSED")
@@ -302,7 +303,7 @@ def _parse_amount(value: Any) -> Decimal:
         amount = Decimal(value)
     except InvalidOperation:  # unreachable after the regex; kept as a guard, not a crash
         raise ContractViolation("amount", f"{_clip(value)!r} is not a decimal") from None
-    if abs(amount) >= _AMOUNT_LIMIT:
+    if abs(amount) >= NUMERIC_LIMIT:
         raise ContractViolation("amount", f"more than {AMOUNT_INTEGER_DIGITS} integer digits")
     # Quantising to the warehouse scale is exact here (at most 9 fraction digits) and gives equal
     # values one representation: 10.5 and 10.50 both become 10.500000000.

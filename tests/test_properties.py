@@ -90,8 +90,11 @@ def _expected(events: list[Event]) -> dict[str, list[dict[str, object]]]:
                 "window_end": end,
                 "event_count": n,
                 "total_amount": total,
+                "total_overflow": overflow,
             }
-            for (a, c, s), (end, n, total) in sorted(expected_totals(rows, WINDOW).items())
+            for (a, c, s), (end, n, total, overflow) in sorted(
+                expected_totals(rows, WINDOW).items()
+            )
         ],
         "dead_letters": [],
     }

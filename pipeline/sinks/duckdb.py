@@ -23,13 +23,20 @@ import os
 import re
 import threading
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
 from pipeline.dead_letters import DeadLetter
-from pipeline.events import Event, LedgerCandidate
+from pipeline.events import (
+    AMOUNT_SCALE,
+    MONEY_CONTEXT,
+    NUMERIC_LIMIT,
+    Event,
+    LedgerCandidate,
+)
 from pipeline.sinks import ledger_rules
 from pipeline.sinks.warehouse import MergeOutcome, Warehouse
 from pipeline.tables import (
@@ -83,6 +90,21 @@ _STAGE_EVENTS_SCHEMA = pa.schema(
 _STAGE_DEAD_LETTERS_SCHEMA = pa.schema(
     [pa.field(c.name, _ARROW_TYPES[c.type]) for c in DEAD_LETTERS.columns]
 )
+
+_STAGE_TOTALS_SCHEMA = pa.schema(
+    [
+        pa.field(c.name, _ARROW_TYPES[c.type])
+        for c in ACCOUNT_WINDOW_TOTALS.columns
+        if c.name != "updated_at"
+    ]
+)
+
+
+def exact_total(whole_units: int, nanos: int) -> Decimal | None:
+    """The exact window total from its integer parts, or None when it does not fit NUMERIC."""
+    total = MONEY_CONTEXT.add(Decimal(whole_units), Decimal(nanos).scaleb(-AMOUNT_SCALE))
+    return total if abs(total) < NUMERIC_LIMIT else None
+
 
 # DuckDB caches one database instance per file per process; connections to it from several
 # threads (the streaming DirectRunner) are fine, but creating tables concurrently is not.
@@ -146,30 +168,41 @@ def _transactions_merge_sql(restricted: bool) -> str:
 # Windows are recomputed from the ledger, never incremented: a total is then exact whatever was
 # duplicated, replayed or retried. Both the ledger scan and the target are restricted to the
 # batch's windows; a window's row can only be at its window_start, so no fallback is needed.
+#
+# The sum of NUMERIC(38, 9) amounts may not fit NUMERIC(38, 9), and DuckDB's SUM would then fail
+# the batch for good (a crash loop on valid input). So the sum is read as two integer parts that
+# cannot overflow (whole units and nanos, each as HUGEINT) and combined exactly in Python, which
+# stores NULL with total_overflow = TRUE when the exact total does not fit.
+_WINDOW_SUMS_SQL = f"""
+    SELECT w.account_id, w.currency, w.window_start, w.window_end,
+           count(l.event_id) AS event_count,
+           coalesce(sum(trunc(l.amount)::HUGEINT), 0) AS whole_units,
+           coalesce(sum(((l.amount - trunc(l.amount)) * 1000000000)::HUGEINT), 0) AS nanos
+    FROM (SELECT DISTINCT account_id, currency, window_start, window_end
+          FROM stage_events) AS w
+    LEFT JOIN {TRANSACTION_EVENTS.name} AS l
+        ON l.account_id = w.account_id AND l.currency = w.currency
+        AND l.event_time >= w.window_start AND l.event_time < w.window_end
+        AND l.event_time >= $wlo AND l.event_time < $whi
+    GROUP BY w.account_id, w.currency, w.window_start, w.window_end
+"""
+
 _TOTALS_MERGE_SQL = f"""
     MERGE INTO {ACCOUNT_WINDOW_TOTALS.name} AS t
-    USING (
-        SELECT w.account_id, w.currency, w.window_start, w.window_end,
-               count(l.event_id) AS event_count,
-               coalesce(sum(l.amount), 0)::DECIMAL(38, 9) AS total_amount
-        FROM (SELECT DISTINCT account_id, currency, window_start, window_end
-              FROM stage_events) AS w
-        LEFT JOIN {TRANSACTION_EVENTS.name} AS l
-            ON l.account_id = w.account_id AND l.currency = w.currency
-            AND l.event_time >= w.window_start AND l.event_time < w.window_end
-            AND l.event_time >= $wlo AND l.event_time < $whi
-        GROUP BY w.account_id, w.currency, w.window_start, w.window_end
-    ) AS s
+    USING stage_totals AS s
     ON t.account_id = s.account_id AND t.currency = s.currency
         AND t.window_start = s.window_start AND t.window_start BETWEEN $wlo AND $whi
-    WHEN MATCHED AND (t.event_count <> s.event_count OR t.total_amount <> s.total_amount
+    WHEN MATCHED AND (t.event_count <> s.event_count
+                      OR t.total_amount IS DISTINCT FROM s.total_amount
                       OR t.window_end <> s.window_end)
         THEN UPDATE SET window_end = s.window_end, event_count = s.event_count,
-                        total_amount = s.total_amount, updated_at = $now
+                        total_amount = s.total_amount, total_overflow = s.total_overflow,
+                        updated_at = $now
     WHEN NOT MATCHED AND s.event_count > 0 THEN INSERT
-        (account_id, currency, window_start, window_end, event_count, total_amount, updated_at)
+        (account_id, currency, window_start, window_end, event_count, total_amount,
+         total_overflow, updated_at)
         VALUES (s.account_id, s.currency, s.window_start, s.window_end, s.event_count,
-                s.total_amount, $now)
+                s.total_amount, s.total_overflow, $now)
 """
 
 _DEAD_LETTERS_MERGE_SQL = f"""
@@ -276,8 +309,10 @@ class DuckDBWarehouse(Warehouse):
             judgement = ledger_rules.judge(candidates, ledger)
             dead_letters = self._insert_dead_letters(list(judgement.conflicts))
             transactions = run(_transactions_merge_sql(restricted))
+            self._stage_totals(_bind(_WINDOW_SUMS_SQL, values))
             windows = run(_TOTALS_MERGE_SQL)
             con.execute("DROP TABLE stage_events")
+            con.execute("DROP TABLE stage_totals")
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -305,13 +340,36 @@ class DuckDBWarehouse(Warehouse):
             ],
             schema=_STAGE_EVENTS_SCHEMA,
         )
-        self.connection.register("stage_events_arrow", arrow)
+        self._register_temp("stage_events", arrow)
+
+    def _stage_totals(self, params: dict[str, Any]) -> None:
+        sums = self.connection.execute(_WINDOW_SUMS_SQL, params).fetchall()
+        rows = []
+        for account_id, currency, start, end, count, whole_units, nanos in sums:
+            total = exact_total(whole_units, nanos)
+            rows.append(
+                {
+                    "account_id": account_id,
+                    "currency": currency,
+                    "window_start": start,
+                    "window_end": end,
+                    "event_count": count,
+                    "total_amount": total,
+                    "total_overflow": total is None,
+                }
+            )
+        self._register_temp("stage_totals", pa.Table.from_pylist(rows, _STAGE_TOTALS_SCHEMA))
+
+    def _register_temp(self, name: str, arrow: pa.Table) -> None:
+        """Copy an Arrow table into a temporary table of this transaction (the bulk stage)."""
+        self.connection.register(f"{name}_arrow", arrow)
         try:
             self.connection.execute(
-                "CREATE OR REPLACE TEMP TABLE stage_events AS SELECT * FROM stage_events_arrow"
+                f"CREATE OR REPLACE TEMP TABLE {validate_identifier(name)} AS"
+                f" SELECT * FROM {name}_arrow"
             )
         finally:
-            self.connection.unregister("stage_events_arrow")
+            self.connection.unregister(f"{name}_arrow")
 
     def _ledger_versions(
         self, candidates: Sequence[LedgerCandidate], restricted: bool, params: dict[str, Any]

@@ -28,7 +28,14 @@ from decimal import Decimal
 from typing import Any
 
 from pipeline.dead_letters import STAGE_DEDUP, STAGE_PARSE, dead_letter_id
-from pipeline.events import CONTRACT_FIELDS, MONEY_CONTEXT, Event, parse_event, to_micros
+from pipeline.events import (
+    CONTRACT_FIELDS,
+    MONEY_CONTEXT,
+    NUMERIC_LIMIT,
+    Event,
+    parse_event,
+    to_micros,
+)
 from pipeline.sinks.warehouse import Warehouse, open_warehouse
 from pipeline.tables import ALL_TABLES
 
@@ -64,16 +71,22 @@ def window_of(event_time: dt.datetime, size_seconds: int) -> tuple[dt.datetime, 
     )
 
 
-def expected_totals(
-    ledger: Iterable[Row], size_seconds: int
-) -> dict[tuple[str, str, dt.datetime], tuple[dt.datetime, int, Decimal]]:
-    totals: dict[tuple[str, str, dt.datetime], tuple[dt.datetime, int, Decimal]] = {}
+WindowKey = tuple[str, str, dt.datetime]
+WindowTotal = tuple[dt.datetime, int, Decimal | None, bool]  # end, count, total, overflow
+
+
+def expected_totals(ledger: Iterable[Row], size_seconds: int) -> dict[WindowKey, WindowTotal]:
+    """Exact count and sum per window; a sum that does not fit NUMERIC(38, 9) is None, flagged."""
+    sums: dict[WindowKey, tuple[dt.datetime, int, Decimal]] = {}
     for row in ledger:
         start, end = window_of(row["event_time"], size_seconds)
         key = (row["account_id"], row["currency"], start)
-        _, count, total = totals.get(key, (end, 0, Decimal(0)))
-        totals[key] = (end, count + 1, MONEY_CONTEXT.add(total, row["amount"]))
-    return totals
+        _, count, total = sums.get(key, (end, 0, Decimal(0)))
+        sums[key] = (end, count + 1, MONEY_CONTEXT.add(total, row["amount"]))
+    return {
+        key: (end, count, total, False) if abs(total) < NUMERIC_LIMIT else (end, count, None, True)
+        for key, (end, count, total) in sums.items()
+    }
 
 
 @dataclass
@@ -137,6 +150,7 @@ def _check_totals(ledger: Sequence[Row], totals: Sequence[Row], report: Report) 
                 r["window_end"],
                 r["event_count"],
                 r["total_amount"],
+                r["total_overflow"],
             )
             for r in totals
         }

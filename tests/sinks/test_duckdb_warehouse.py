@@ -82,6 +82,22 @@ def test_totals_are_recomputed_from_the_ledger(wh: DuckDBWarehouse) -> None:
     assert_consistent(wh)
 
 
+def test_a_total_that_does_not_fit_numeric_is_flagged_not_a_crash(wh: DuckDBWarehouse) -> None:
+    big = "99999999999999999999999999999.999999999"  # the largest NUMERIC(38, 9)
+    merge(wh, [event("e1", amount=big), event("e2", transaction_id="t2", amount="0.000000001")])
+    (row,) = wh.fetch_rows("account_window_totals")
+    assert (row["event_count"], row["total_amount"], row["total_overflow"]) == (2, None, True)
+    # A later event brings the exact total back into range: it is stored again, exactly.
+    merge(wh, [event("e3", transaction_id="t3", amount="-" + big)])
+    (row,) = wh.fetch_rows("account_window_totals")
+    assert (row["event_count"], row["total_amount"], row["total_overflow"]) == (
+        3,
+        Decimal("0.000000001"),
+        False,
+    )
+    assert_consistent(wh)
+
+
 def test_conflicting_version_is_dead_lettered_and_ledger_kept(wh: DuckDBWarehouse) -> None:
     merge(wh, [event("e1", amount="10")])
     outcome = wh.merge_events([cand(event("e1", amount="99"))])
