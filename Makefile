@@ -8,10 +8,12 @@ INSTALLED := $(VENV)/.installed
 RUN_DIR ?= build/run
 EVENTS ?= 100000
 
-.PHONY: help install run test lint format bench clean
+.PHONY: help install run run-streaming emulator test lint format bench clean
 
 help:
 	@echo "make run    generate $(EVENTS) events, run the pipeline twice into DuckDB, reconcile"
+	@echo "make run-streaming  the same through Google's Pub/Sub emulator, streaming, until idle"
+	@echo "make emulator       run a Pub/Sub emulator on 127.0.0.1:8085 in the foreground"
 	@echo "make test   lint and the whole test suite"
 	@echo "make lint   ruff and mypy"
 	@echo "make clean  remove build outputs (keeps .venv)"
@@ -41,6 +43,14 @@ run: install
 	$(PY) -m pipeline.tools.reconcile --warehouse duckdb:$(RUN_DIR)/warehouse.duckdb \
 		--truth $(RUN_DIR)/events/truth.jsonl
 	@echo "Tables are in $(RUN_DIR)/warehouse.duckdb"
+
+# Streaming: emulator, topic and subscription, generated events published at least once with
+# duplicate publishes, the pipeline reading the subscription until idle, then reconcile.
+run-streaming: install
+	$(PY) -m pipeline.tools.local_streaming --out build/streaming --events 3000
+
+emulator: install
+	$(PY) -m pipeline.tools.pubsub_emulator --port 8085
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -380,12 +380,15 @@ class LedgerCandidate(NamedTuple):
     (the first one seen, or in bounded runs the earliest), False for a *different* version of an
     event_id it has already seen. The warehouse has the last word: whatever version its ledger
     already holds wins, and every other version becomes a conflict dead letter there.
+    ``source_time`` is when the source delivered it (the Pub/Sub publish time), used to track
+    how far the input is safely committed; for file input it is the event time.
     """
 
     event: Event
     primary: bool
     window_start: dt.datetime
     window_end: dt.datetime
+    source_time: dt.datetime | None = None
 
 
 class LedgerCandidateCoder(beam.coders.Coder):
@@ -393,19 +396,25 @@ class LedgerCandidateCoder(beam.coders.Coder):
     _rest = FastPrimitivesCoder()
 
     def encode(self, value: LedgerCandidate) -> bytes:
+        source = value.source_time
         return self._rest.encode(
             (
                 self._event.encode(value.event),
                 value.primary,
                 to_micros(value.window_start),
                 to_micros(value.window_end),
+                None if source is None else to_micros(source),
             )
         )
 
     def decode(self, encoded: bytes) -> LedgerCandidate:
-        event, primary, start, end = self._rest.decode(encoded)
+        event, primary, start, end, source = self._rest.decode(encoded)
         return LedgerCandidate(
-            self._event.decode(event), primary, from_micros(start), from_micros(end)
+            self._event.decode(event),
+            primary,
+            from_micros(start),
+            from_micros(end),
+            None if source is None else from_micros(source),
         )
 
     def is_deterministic(self) -> bool:

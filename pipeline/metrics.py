@@ -13,6 +13,8 @@ from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.metrics.metricbase import Counter
 from apache_beam.runners.runner import PipelineResult
 
+from pipeline.progress import ProgressHandle
+
 NAMESPACE = "effectively_once"
 
 LINES_READ = "lines_read"
@@ -36,6 +38,26 @@ MERGE_FALLBACKS = "merge_unrestricted_fallbacks"
 
 def counter(name: str) -> Counter:
     return Metrics.counter(NAMESPACE, name)
+
+
+class OutcomeCounters:
+    """The counters one DoFn increments: Beam counters, mirrored into the run's in-process tally
+    when the run has one (the streaming DirectRunner's own counters are unreliable; see
+    pipeline/progress.py)."""
+
+    def __init__(self, progress: ProgressHandle | None = None) -> None:
+        self._progress = progress
+        self._counters: dict[str, Counter] = {}
+
+    def inc(self, name: str, value: int = 1) -> None:
+        if not value:
+            return
+        if name not in self._counters:
+            self._counters[name] = counter(name)
+        self._counters[name].inc(value)
+        run = self._progress.get() if self._progress is not None else None
+        if run is not None:
+            run.count(name, value)
 
 
 def read_counters(result: PipelineResult) -> dict[str, int]:

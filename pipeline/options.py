@@ -7,6 +7,7 @@ job is submitted, with every problem at once.
 from __future__ import annotations
 
 import argparse
+import re
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
@@ -22,6 +23,44 @@ class EffectivelyOnceOptions(PipelineOptions):
             "--input_files",
             help="Glob of newline-delimited JSON event files (local path or gs://), read as"
             " bounded input. Example: gs://bucket/events/2026-01-*.jsonl",
+        )
+        parser.add_argument(
+            "--input_subscription",
+            help="Pub/Sub subscription to stream from, projects/PROJECT/subscriptions/NAME."
+            " Switches the pipeline to streaming. Honours PUBSUB_EMULATOR_HOST.",
+        )
+        parser.add_argument(
+            "--input_topic",
+            help="Pub/Sub topic to stream from through a temporary subscription,"
+            " projects/PROJECT/topics/NAME (no replay: prefer --input_subscription).",
+        )
+        parser.add_argument(
+            "--timestamp_attribute",
+            default="",
+            help="Pub/Sub attribute Beam's source reads element timestamps (and so the"
+            " watermark) from, e.g. event_time (RFC 3339 or epoch millis). Only safe when every"
+            " publisher sets it. Empty: publish time. Windows always use the payload's event_time."
+            " Default: empty",
+        )
+        parser.add_argument(
+            "--exit_when_idle_seconds",
+            type=float,
+            default=0,
+            help="DirectRunner streaming only: stop cleanly once no message arrived for this many"
+            " seconds and everything pulled is merged. 0: run until stopped. Default: 0",
+        )
+        parser.add_argument(
+            "--no_replay",
+            action="store_true",
+            help="Do not seek the subscription back to the warehouse's replay checkpoint before"
+            " reading (by default a streaming run does).",
+        )
+        parser.add_argument(
+            "--replay_margin_seconds",
+            type=float,
+            default=60,
+            help="How much earlier than the oldest uncommitted publish time the replay checkpoint"
+            " is set, in seconds (replaying more is harmless). Default: 60",
         )
         parser.add_argument(
             "--warehouse",
@@ -73,6 +112,12 @@ class EffectivelyOnceOptions(PipelineOptions):
             " in seconds. Default: 5",
         )
         parser.add_argument(
+            "--log_level",
+            choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+            default="WARNING",
+            help="Log level of this program (INFO logs every committed batch). Default: WARNING",
+        )
+        parser.add_argument(
             "--merge_retries",
             type=int,
             default=5,
@@ -88,30 +133,59 @@ class EffectivelyOnceOptions(PipelineOptions):
         )
 
 
+_PROJECT = r"projects/[a-z][a-z0-9-]{4,28}[a-z0-9]"
+_NAME = r"[A-Za-z][\w\-.~+%]{2,254}"
+_SUBSCRIPTION = re.compile(rf"{_PROJECT}/subscriptions/{_NAME}")
+_TOPIC = re.compile(rf"{_PROJECT}/topics/{_NAME}")
+
+
+def is_streaming_input(options: PipelineOptions) -> bool:
+    opts = options.view_as(EffectivelyOnceOptions)
+    return bool(opts.input_subscription or opts.input_topic)
+
+
+def _warehouse_problem(url: str) -> str | None:
+    try:
+        parse_warehouse_url(url)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def validate(options: PipelineOptions) -> list[str]:
     """Every problem with the options, as messages; empty when they are usable."""
-    opts = options.view_as(EffectivelyOnceOptions)
-    problems: list[str] = []
-    if not opts.input_files:
-        problems.append("--input_files is required")
-    try:
-        parse_warehouse_url(opts.warehouse)
-    except ValueError as error:
-        problems.append(str(error))
-    if not 1 <= opts.window_size_seconds <= MAX_WINDOW_SECONDS:
-        problems.append(f"--window_size_seconds must be in 1..{MAX_WINDOW_SECONDS}")
-    if opts.allowed_lateness_seconds < 0:
-        problems.append("--allowed_lateness_seconds must be >= 0")
-    if opts.dedup_ttl_seconds <= 0:
-        problems.append("--dedup_ttl_seconds must be positive")
-    if opts.max_batch_rows < 1:
-        problems.append("--max_batch_rows must be at least 1")
-    if opts.batch_flush_seconds <= 0:
-        problems.append("--batch_flush_seconds must be positive")
-    if opts.merge_retries < 0:
-        problems.append("--merge_retries must be >= 0")
-    if opts.merge_retry_delay_seconds < 0:
-        problems.append("--merge_retry_delay_seconds must be >= 0")
-    if options.view_as(StandardOptions).streaming and opts.input_files:
-        problems.append("--input_files is bounded input; do not combine it with --streaming")
-    return problems
+    o = options.view_as(EffectivelyOnceOptions)
+    inputs = sum(bool(i) for i in (o.input_files, o.input_subscription, o.input_topic))
+    checks = [
+        (
+            inputs != 1,
+            "exactly one of --input_files, --input_subscription, --input_topic is required",
+        ),
+        (
+            bool(o.input_subscription) and not _SUBSCRIPTION.fullmatch(o.input_subscription),
+            "--input_subscription must be projects/PROJECT/subscriptions/NAME",
+        ),
+        (
+            bool(o.input_topic) and not _TOPIC.fullmatch(o.input_topic),
+            "--input_topic must be projects/PROJECT/topics/NAME",
+        ),
+        (
+            not 1 <= o.window_size_seconds <= MAX_WINDOW_SECONDS,
+            f"--window_size_seconds must be in 1..{MAX_WINDOW_SECONDS}",
+        ),
+        (o.allowed_lateness_seconds < 0, "--allowed_lateness_seconds must be >= 0"),
+        (o.dedup_ttl_seconds <= 0, "--dedup_ttl_seconds must be positive"),
+        (o.max_batch_rows < 1, "--max_batch_rows must be at least 1"),
+        (o.batch_flush_seconds <= 0, "--batch_flush_seconds must be positive"),
+        (o.merge_retries < 0, "--merge_retries must be >= 0"),
+        (o.merge_retry_delay_seconds < 0, "--merge_retry_delay_seconds must be >= 0"),
+        (o.exit_when_idle_seconds < 0, "--exit_when_idle_seconds must be >= 0"),
+        (o.replay_margin_seconds < 0, "--replay_margin_seconds must be >= 0"),
+        (
+            options.view_as(StandardOptions).streaming and bool(o.input_files),
+            "--input_files is bounded input; do not combine it with --streaming",
+        ),
+    ]
+    problems = [message for failed, message in checks if failed]
+    warehouse_problem = _warehouse_problem(o.warehouse)
+    return problems if warehouse_problem is None else [*problems, warehouse_problem]

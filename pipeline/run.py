@@ -12,29 +12,34 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from pipeline import metrics
 from pipeline.dead_letters import DEAD_LETTER_TAG
-from pipeline.options import EffectivelyOnceOptions, validate
-from pipeline.sinks.upsert import UpsertDeadLetters, UpsertLedger
-from pipeline.sinks.warehouse import WarehouseFactory, warehouse_factory
-from pipeline.sources import ReadEventFiles
+from pipeline.options import EffectivelyOnceOptions, is_streaming_input, validate
+from pipeline.progress import ProgressHandle, RunProgress, register_run, unregister_run
+from pipeline.sinks.upsert import Checkpointing, UpsertDeadLetters, UpsertLedger
+from pipeline.sinks.warehouse import WarehouseFactory, open_warehouse, warehouse_factory
+from pipeline.sources import ReadEventFiles, ReadPubSubMessages, seek_subscription
 from pipeline.transforms.dedup import DedupByEventId
 from pipeline.transforms.parse import ParseEvents
 from pipeline.transforms.windows import AssignEventTimeWindows
 
+_LOG = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class PipelineOutputs:
-    events: beam.PCollection  # valid events, timestamped at event_time
+    events: beam.PCollection  # valid events
     dead_letters: beam.PCollection  # refused at parse
     candidates: beam.PCollection  # LedgerCandidate, after dedup and windowing
-    windowed: beam.PCollection  # (event, primary) in fixed event-time windows
+    windowed: beam.PCollection  # (event, primary, source_time) in fixed event-time windows
     merged: beam.PCollection  # MergeOutcome per committed ledger batch
     dead_letters_merged: beam.PCollection  # rows inserted per dead-letter batch
 
@@ -44,24 +49,38 @@ def build_pipeline(
     options: PipelineOptions,
     warehouse: WarehouseFactory | None = None,
     records: beam.PCollection | None = None,
+    progress: ProgressHandle | None = None,
 ) -> PipelineOutputs:
     """Add the whole job to ``pipeline``. ``warehouse`` and ``records`` are seams for tests: a
-    factory of a (fault-injecting) warehouse, and input in place of the configured source."""
+    factory of a (fault-injecting) warehouse, and input in place of the configured source.
+    ``progress`` tracks replay checkpoints of a subscription on the DirectRunner."""
     opts = options.view_as(EffectivelyOnceOptions)
     factory = warehouse or warehouse_factory(opts.warehouse)
     if records is None:
-        records = pipeline | "ReadEvents" >> ReadEventFiles(opts.input_files)
-    parsed = records | "ParseEvents" >> ParseEvents()
+        if opts.input_files:
+            records = pipeline | "ReadEvents" >> ReadEventFiles(opts.input_files)
+        else:
+            records = pipeline | "ReadEvents" >> ReadPubSubMessages(
+                subscription=opts.input_subscription,
+                topic=opts.input_topic,
+                timestamp_attribute=opts.timestamp_attribute,
+                progress=progress,
+            )
+    parsed = records | "ParseEvents" >> ParseEvents(progress)
     verdicts = parsed["events"] | "DedupByEventId" >> DedupByEventId(
-        opts.dedup_ttl_seconds, opts.dedup_strategy
+        opts.dedup_ttl_seconds, opts.dedup_strategy, progress
     )
     windows = AssignEventTimeWindows(opts.window_size_seconds, opts.allowed_lateness_seconds)
     candidates = verdicts | "AssignWindows" >> windows
+    checkpointing = None
+    if progress is not None and opts.input_subscription:
+        checkpointing = Checkpointing(opts.input_subscription, progress, opts.replay_margin_seconds)
     sink_args = {
         "max_batch_rows": opts.max_batch_rows,
         "flush_seconds": opts.batch_flush_seconds,
         "num_retries": opts.merge_retries,
         "initial_retry_delay_seconds": opts.merge_retry_delay_seconds,
+        "checkpointing": checkpointing,
     }
     merged = candidates | "MergeLedger" >> UpsertLedger(factory, **sink_args)
     dead_letters_merged = parsed[DEAD_LETTER_TAG] | "MergeDeadLetters" >> UpsertDeadLetters(
@@ -78,11 +97,69 @@ def build_pipeline(
     )
 
 
+def replay_from_checkpoint(options: PipelineOptions) -> None:
+    """Seek the subscription back to the warehouse's replay checkpoint, if there is one."""
+    opts = options.view_as(EffectivelyOnceOptions)
+    warehouse = open_warehouse(opts.warehouse)
+    try:
+        warehouse.create_tables()
+        checkpoint = warehouse.read_checkpoint(opts.input_subscription)
+    finally:
+        warehouse.close()
+    if checkpoint is None:
+        _LOG.info("No replay checkpoint for %s yet", opts.input_subscription)
+        return
+    _LOG.warning("Replaying %s from %s", opts.input_subscription, checkpoint.isoformat())
+    seek_subscription(opts.input_subscription, checkpoint)
+
+
+def _is_direct(options: PipelineOptions) -> bool:
+    runner = options.view_as(StandardOptions).runner
+    return runner is None or "DirectRunner" in str(runner)
+
+
+def _wait_until_idle(result: PipelineResult, progress: RunProgress, idle_seconds: float) -> None:
+    """Block until nothing arrived for ``idle_seconds`` and nothing pulled is unsettled."""
+    while True:
+        if PipelineState.is_terminal(result.state):
+            result.wait_until_finish()  # raises if the pipeline failed
+            return
+        if progress.idle_seconds() >= idle_seconds and progress.outstanding() == 0:
+            return
+        time.sleep(0.2)
+
+
+def _run_streaming(options: PipelineOptions) -> metrics.RunSummary:
+    opts = options.view_as(EffectivelyOnceOptions)
+    options.view_as(StandardOptions).streaming = True
+    direct = _is_direct(options)
+    if opts.input_subscription and not opts.no_replay and direct:
+        replay_from_checkpoint(options)
+    handle, progress = register_run()
+    try:
+        pipeline = beam.Pipeline(options=options)
+        build_pipeline(pipeline, options, progress=handle if direct else None)
+        result = pipeline.run()
+        if not direct:
+            return metrics.RunSummary({})  # a streaming job was submitted; it runs on its own
+        if opts.exit_when_idle_seconds > 0:
+            _wait_until_idle(result, progress, opts.exit_when_idle_seconds)
+            result.cancel()
+        else:
+            result.wait_until_finish()
+        return metrics.RunSummary(progress.tally())
+    finally:
+        unregister_run(handle)
+
+
 def run(argv: Sequence[str] | None = None) -> metrics.RunSummary:
     options = PipelineOptions(list(argv) if argv is not None else None)
     problems = validate(options)
     if problems:
         raise ValueError("invalid options:\n  " + "\n  ".join(problems))
+    logging.getLogger("pipeline").setLevel(options.view_as(EffectivelyOnceOptions).log_level)
+    if is_streaming_input(options):
+        return _run_streaming(options)
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, options)
     result = pipeline.run()

@@ -4,8 +4,14 @@ UTF-8 still reaches the parser and becomes a dead letter instead of failing the 
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Iterator
+
 import apache_beam as beam
 from apache_beam.coders import BytesCoder
+from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub
+
+from pipeline.progress import ProgressHandle
 
 
 class ReadEventFiles(beam.PTransform):
@@ -21,3 +27,67 @@ class ReadEventFiles(beam.PTransform):
         return pbegin | "ReadLines" >> beam.io.ReadFromText(
             self._pattern, coder=BytesCoder(), strip_trailing_newlines=True
         ).with_output_types(bytes)
+
+
+class NoteArrivalFn(beam.DoFn):
+    """Registers each pulled message's publish time with the run's progress (replay tracking)."""
+
+    def __init__(self, progress: ProgressHandle | None) -> None:
+        self._progress = progress
+
+    def process(self, message: PubsubMessage) -> Iterator[PubsubMessage]:
+        run = self._progress.get() if self._progress is not None else None
+        if run is not None and message.publish_time is not None:
+            run.pulled(message.publish_time.astimezone(dt.UTC))
+        yield message
+
+
+class ReadPubSubMessages(beam.PTransform):
+    """A subscription (or a topic, through a temporary subscription) -> ``PubsubMessage`` s with
+    attributes, message id and publish time (unbounded).
+
+    Element timestamps are the ``timestamp_attribute``'s value when given (Beam's source then
+    derives the watermark from it, and on Dataflow a message without it fails the read), else the
+    publish time. No step of this pipeline groups by those timestamps; see README, Streaming.
+    """
+
+    def __init__(
+        self,
+        subscription: str | None = None,
+        topic: str | None = None,
+        timestamp_attribute: str | None = None,
+        progress: ProgressHandle | None = None,
+    ) -> None:
+        super().__init__()
+        if bool(subscription) == bool(topic):
+            raise ValueError("give exactly one of subscription and topic")
+        self._subscription = subscription
+        self._topic = topic
+        self._timestamp_attribute = timestamp_attribute or None
+        self._progress = progress
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        return (
+            pbegin
+            | "ReadMessages"
+            >> ReadFromPubSub(
+                topic=self._topic,
+                subscription=self._subscription,
+                with_attributes=True,
+                timestamp_attribute=self._timestamp_attribute,
+            )
+            | "NoteArrival" >> beam.ParDo(NoteArrivalFn(self._progress))
+        )
+
+
+def seek_subscription(subscription: str, to: dt.datetime) -> None:
+    """Mark every message of ``subscription`` published at or after ``to`` as unacknowledged, so
+    it is delivered again (the subscription must retain acknowledged messages). Messages older
+    than the retention are gone; Pub/Sub then seeks to the oldest it kept."""
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]  # noqa: PLC0415
+
+    subscriber = pubsub_v1.SubscriberClient()
+    try:
+        subscriber.seek(request={"subscription": subscription, "time": to})
+    finally:
+        subscriber.close()

@@ -143,4 +143,20 @@ DEAD_LETTERS = Table(
     description="Input the pipeline refused, with the reason; nothing is dropped silently.",
 )
 
-ALL_TABLES = (TRANSACTION_EVENTS, TRANSACTIONS, ACCOUNT_WINDOW_TOTALS, DEAD_LETTERS)
+DATA_TABLES = (TRANSACTION_EVENTS, TRANSACTIONS, ACCOUNT_WINDOW_TOTALS, DEAD_LETTERS)
+
+# Operational: where a streaming run may resume reading without losing anything (see
+# pipeline/progress.py). Not part of the data contract; reconcile ignores it.
+INGEST_CHECKPOINTS = Table(
+    name="ingest_checkpoints",
+    columns=(
+        _s("source", "The input, e.g. projects/P/subscriptions/S."),
+        _ts("replay_from", "Everything published before this instant is committed, UTC."),
+        _ts("updated_at", "When the checkpoint was written, UTC."),
+    ),
+    key=("source",),
+    time_column="updated_at",
+    description="Replay checkpoints of streaming inputs.",
+)
+
+ALL_TABLES = (*DATA_TABLES, INGEST_CHECKPOINTS)

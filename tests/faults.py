@@ -6,6 +6,7 @@ Beam workers, and so that a fault fires a fixed number of times across all DoFn 
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import json
 import os
@@ -98,6 +99,12 @@ class FaultyWarehouse(Warehouse):
         if self.plan.take("dead_letters_before"):
             self._fail("dead_letters_before")
         return self.inner.merge_dead_letters(rows)
+
+    def read_checkpoint(self, source: str) -> dt.datetime | None:
+        return self.inner.read_checkpoint(source)
+
+    def write_checkpoint(self, source: str, replay_from: dt.datetime) -> None:
+        self.inner.write_checkpoint(source, replay_from)
 
     def fetch_rows(self, table: str) -> list[dict[str, Any]]:
         return self.inner.fetch_rows(table)

@@ -17,7 +17,7 @@ from pipeline.metrics import RunSummary, read_counters
 from pipeline.run import build_pipeline
 from pipeline.sinks.duckdb import DuckDBWarehouse
 from pipeline.sinks.warehouse import Warehouse, WarehouseFactory
-from pipeline.tables import ALL_TABLES
+from pipeline.tables import DATA_TABLES
 
 # Columns that record *when* a row was written; everything else must be identical across runs.
 AUDIT_COLUMNS = ("ingested_at", "updated_at", "arrival_time")
@@ -59,7 +59,11 @@ def duckdb_factory(path: str) -> WarehouseFactory:
 def pipeline_options(**overrides: Any) -> PipelineOptions:
     args = {
         "runner": "DirectRunner",
-        "input_files": "unused-when-records-are-given",
+        **(
+            {}
+            if {"input_subscription", "input_topic"} & overrides.keys()
+            else {"input_files": "unused-when-records-are-given"}
+        ),
         "window_size_seconds": 60,
         "dedup_ttl_seconds": 3600,
         "max_batch_rows": 50,
@@ -101,7 +105,7 @@ def read_tables(
                 {k: v for k, v in row.items() if k not in drop}
                 for row in warehouse.fetch_rows(table.name)
             ]
-            for table in ALL_TABLES
+            for table in DATA_TABLES
         }
     finally:
         warehouse.close()

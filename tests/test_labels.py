@@ -7,9 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import apache_beam as beam
-from apache_beam.coders import BytesCoder
 from apache_beam.pipeline import AppliedPTransform, PipelineVisitor
-from apache_beam.testing.test_stream import TestStream
 
 from pipeline.run import build_pipeline
 from tests.helpers import duckdb_factory, pipeline_options
@@ -25,6 +23,7 @@ BOUNDED = [
     "DedupByEventId/GroupVersionsByEventId",
     "DedupByEventId/ChooseVersion",
     "AssignWindows",
+    "AssignWindows/ToEventTime",
     "AssignWindows/FixedEventTimeWindows",
     "AssignWindows/StampWindowBounds",
     "AssignWindows/BackToGlobalWindow",
@@ -55,14 +54,14 @@ class _Labels(PipelineVisitor):
 
 def _labels(folder: Path, streaming: bool = False, depth: int = 1) -> list[str]:
     (folder / "a.jsonl").write_text("")
-    opts = pipeline_options(input_files=f"{folder}/*.jsonl", streaming=streaming)
-    pipeline = beam.Pipeline(options=opts)
-    records = None
-    if streaming:  # an unbounded source, as Pub/Sub will be
-        records = pipeline | "ReadEvents" >> TestStream(coder=BytesCoder())
-    build_pipeline(
-        pipeline, opts, warehouse=duckdb_factory(str(folder / "w.duckdb")), records=records
+    source = (
+        {"input_subscription": "projects/local-project/subscriptions/events", "streaming": True}
+        if streaming
+        else {"input_files": f"{folder}/*.jsonl"}
     )
+    opts = pipeline_options(**source)
+    pipeline = beam.Pipeline(options=opts)
+    build_pipeline(pipeline, opts, warehouse=duckdb_factory(str(folder / "w.duckdb")))
     visitor = _Labels()
     pipeline.visit(visitor)
     return [
@@ -78,6 +77,7 @@ def test_bounded_pipeline_labels_are_pinned(tmp_path: Path) -> None:
 
 def test_streaming_pipeline_labels_are_pinned(tmp_path: Path) -> None:
     expected = [label for label in BOUNDED if label not in ("ReadEvents/ReadLines", *BOUNDED_ONLY)]
+    expected[1:1] = ["ReadEvents/ReadMessages", "ReadEvents/NoteArrival"]
     expected.insert(expected.index("DedupByEventId/KeyByEventId") + 1, STREAMING_STATEFUL[0])
     assert _labels(tmp_path, streaming=True) == expected
     # The sink's batching state in streaming:

@@ -142,7 +142,9 @@ def test_bad_input_does_not_fail_the_run(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ([], "--input_files is required"),
+        ([], "exactly one of --input_files, --input_subscription, --input_topic"),
+        (["--input_files=x", "--input_topic=projects/local-project/topics/t1"], "exactly one"),
+        (["--input_subscription=subs/x"], "--input_subscription must be"),
         (["--input_files=x", "--warehouse=postgres:db"], "--warehouse must be"),
         (["--input_files=x", "--window_size_seconds=0"], "--window_size_seconds"),
         (["--input_files=x", "--dedup_ttl_seconds=-1"], "--dedup_ttl_seconds"),

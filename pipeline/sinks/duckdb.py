@@ -43,6 +43,7 @@ from pipeline.tables import (
     ACCOUNT_WINDOW_TOTALS,
     ALL_TABLES,
     DEAD_LETTERS,
+    INGEST_CHECKPOINTS,
     TRANSACTION_EVENTS,
     TRANSACTIONS,
     Table,
@@ -203,6 +204,15 @@ _TOTALS_MERGE_SQL = f"""
          total_overflow, updated_at)
         VALUES (s.account_id, s.currency, s.window_start, s.window_end, s.event_count,
                 s.total_amount, s.total_overflow, $now)
+"""
+
+_CHECKPOINT_MERGE_SQL = f"""
+    MERGE INTO {INGEST_CHECKPOINTS.name} AS t
+    USING (SELECT $source AS source, $replay_from AS replay_from, $now AS updated_at) AS s
+    ON t.source = s.source
+    WHEN MATCHED THEN UPDATE SET replay_from = s.replay_from, updated_at = s.updated_at
+    WHEN NOT MATCHED THEN INSERT (source, replay_from, updated_at)
+        VALUES (s.source, s.replay_from, s.updated_at)
 """
 
 _DEAD_LETTERS_MERGE_SQL = f"""
@@ -416,6 +426,21 @@ class DuckDBWarehouse(Warehouse):
             return _count(self.connection.execute(_DEAD_LETTERS_MERGE_SQL))
         finally:
             self.connection.unregister("stage_dead_letters")
+
+    # --- replay checkpoints ------------------------------------------------------------------
+
+    def read_checkpoint(self, source: str) -> dt.datetime | None:
+        row = self.connection.execute(
+            f"SELECT replay_from FROM {INGEST_CHECKPOINTS.name} WHERE source = $source",
+            {"source": source},
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def write_checkpoint(self, source: str, replay_from: dt.datetime) -> None:
+        self.connection.execute(
+            _CHECKPOINT_MERGE_SQL,
+            {"source": source, "replay_from": replay_from, "now": dt.datetime.now(dt.UTC)},
+        )
 
     # --- reading -----------------------------------------------------------------------------
 

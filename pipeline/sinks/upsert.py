@@ -8,6 +8,11 @@ few partitions and its MERGE can be restricted to them.
 * Unbounded input: ``GroupIntoBatches`` per day, flushed at ``max_batch_rows`` or after
   ``flush_seconds`` of buffering, whichever comes first.
 
+Streaming progress: with a :class:`Checkpointing`, each committed batch settles the source
+positions (Pub/Sub publish times) of its rows in the run's progress, and the oldest position not
+yet safely committed, minus a margin, is written to the warehouse as the replay checkpoint
+(pipeline/progress.py explains why and when this applies).
+
 Failure: a transient warehouse error is retried with exponential backoff (Beam's
 ``retry.with_exponential_backoff``); when retries run out, or for any other error, the DoFn
 raises, the bundle fails and the runner retries it (forever in streaming on Dataflow). Nothing is
@@ -20,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import apache_beam as beam
@@ -28,6 +34,7 @@ from apache_beam.utils import retry
 from pipeline import metrics
 from pipeline.dead_letters import DeadLetter
 from pipeline.events import LedgerCandidate
+from pipeline.progress import ProgressHandle
 from pipeline.sinks.warehouse import MergeOutcome, Warehouse, WarehouseFactory
 
 _LOG = logging.getLogger(__name__)
@@ -63,17 +70,21 @@ class BatchForMerge(beam.PTransform):
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         keyed_type = tuple[str, rows.element_type]  # type: ignore[name-defined]
-        keyed = rows | "KeyByPartition" >> beam.WithKeys(self._key).with_output_types(keyed_type)
+        # A str key type makes the batching state's key coder deterministic.
+        keyed = rows | "KeyByPartition" >> beam.Map(_keyed, self._key).with_output_types(keyed_type)
         if rows.is_bounded:
             return (
                 keyed
                 | "GroupByPartition" >> beam.GroupByKey()
                 | "ChunkInTimeOrder" >> beam.FlatMap(_chunks, self._sort_key, self._max_rows)
             )
-        # The input hint gives the batching state a deterministic str key coder.
         return keyed | "GroupIntoBatches" >> beam.GroupIntoBatches(
             self._max_rows, max_buffering_duration_secs=self._flush_seconds
-        ).with_input_types(keyed_type)
+        )
+
+
+def _keyed(row: T, key: Callable[[T], str]) -> tuple[str, T]:
+    return key(row), row
 
 
 def _chunks(
@@ -85,19 +96,52 @@ def _chunks(
         yield key, ordered[start : start + max_rows]
 
 
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where and how a sink records replay checkpoints of its source."""
+
+    source: str  # e.g. projects/P/subscriptions/S
+    progress: ProgressHandle
+    margin_seconds: float = 60.0
+
+
 class _WarehouseDoFn(beam.DoFn):
-    """Opens one warehouse per DoFn instance and retries transient errors."""
+    """Opens one warehouse per DoFn instance, retries transient errors, records checkpoints."""
 
     def __init__(
-        self, warehouse_factory: WarehouseFactory, num_retries: int, initial_delay_seconds: float
+        self,
+        warehouse_factory: WarehouseFactory,
+        num_retries: int,
+        initial_delay_seconds: float,
+        checkpointing: Checkpointing | None = None,
     ) -> None:
         if num_retries < 0:
             raise ValueError(f"num_retries must be >= 0, got {num_retries}")
         self._factory = warehouse_factory
         self._num_retries = num_retries
         self._initial_delay = initial_delay_seconds
+        self._checkpointing = checkpointing
         self._warehouse: Warehouse | None = None
-        self._retries = metrics.counter(metrics.MERGE_RETRIES)
+        self._counters = metrics.OutcomeCounters(checkpointing.progress if checkpointing else None)
+
+    def _settle(self, source_times: Iterable[dt.datetime | None]) -> None:
+        """After a commit: these rows are safe; record how far the source is committed."""
+        spec = self._checkpointing
+        run = spec.progress.get() if spec is not None else None
+        if spec is None or run is None:
+            return
+        run.settled(source_times)
+        with run.checkpoint_lock:  # compute and write in one step, so checkpoints never race
+            point = run.safe_point()
+            if point is not None:
+                replay_from = point - dt.timedelta(seconds=spec.margin_seconds)
+                self._with_retries(
+                    lambda: self._writer().write_checkpoint(spec.source, replay_from)
+                )
+
+    def _writer(self) -> Warehouse:
+        assert self._warehouse is not None, "setup() opens the warehouse"
+        return self._warehouse
 
     def setup(self) -> None:
         self._warehouse = self._factory()
@@ -109,11 +153,10 @@ class _WarehouseDoFn(beam.DoFn):
             self._warehouse = None
 
     def _with_retries(self, call: Callable[[], T]) -> T:
-        warehouse = self._warehouse
-        assert warehouse is not None, "setup() opens the warehouse"
+        warehouse = self._writer()
 
         def on_retry(message: str, *args: object, **kwargs: Any) -> None:
-            self._retries.inc()
+            self._counters.inc(metrics.MERGE_RETRIES)
             _LOG.warning(message, *args, **kwargs)
 
         decorated = retry.with_exponential_backoff(
@@ -126,46 +169,40 @@ class _WarehouseDoFn(beam.DoFn):
 
 
 class MergeEventBatchesFn(_WarehouseDoFn):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._batches = metrics.counter(metrics.MERGE_BATCHES)
-        self._inserted = metrics.counter(metrics.LEDGER_INSERTED)
-        self._duplicates = metrics.counter(metrics.DUPLICATES_WAREHOUSE)
-        self._conflicts = metrics.counter(metrics.CONFLICTS)
-        self._transactions = metrics.counter(metrics.TRANSACTIONS_UPSERTED)
-        self._windows = metrics.counter(metrics.WINDOW_TOTALS_UPSERTED)
-        self._dead_letters = metrics.counter(metrics.DEAD_LETTERS_INSERTED)
-        self._fallbacks = metrics.counter(metrics.MERGE_FALLBACKS)
-
     def process(self, element: tuple[str, Iterable[LedgerCandidate]]) -> Iterator[MergeOutcome]:
         _, rows = element
         batch: Sequence[LedgerCandidate] = list(rows)
-        assert self._warehouse is not None
-        warehouse = self._warehouse
+        warehouse = self._writer()
         outcome = self._with_retries(lambda: warehouse.merge_events(batch))
-        self._batches.inc()
-        self._inserted.inc(outcome.inserted)
-        self._duplicates.inc(outcome.duplicates)
-        self._conflicts.inc(outcome.conflicts)
-        self._transactions.inc(outcome.transactions_upserted)
-        self._windows.inc(outcome.windows_upserted)
-        self._dead_letters.inc(outcome.dead_letters_inserted)
-        self._fallbacks.inc(int(outcome.used_fallback))
+        count = self._counters.inc
+        count(metrics.MERGE_BATCHES)
+        count(metrics.LEDGER_INSERTED, outcome.inserted)
+        count(metrics.DUPLICATES_WAREHOUSE, outcome.duplicates)
+        count(metrics.CONFLICTS, outcome.conflicts)
+        count(metrics.TRANSACTIONS_UPSERTED, outcome.transactions_upserted)
+        count(metrics.WINDOW_TOTALS_UPSERTED, outcome.windows_upserted)
+        count(metrics.DEAD_LETTERS_INSERTED, outcome.dead_letters_inserted)
+        count(metrics.MERGE_FALLBACKS, int(outcome.used_fallback))
+        self._settle(candidate.source_time for candidate in batch)
+        _LOG.info(
+            "Merged a batch of %d: %d inserted, %d duplicates, %d conflicts",
+            len(batch),
+            outcome.inserted,
+            outcome.duplicates,
+            outcome.conflicts,
+        )
         yield outcome
 
 
 class MergeDeadLetterBatchesFn(_WarehouseDoFn):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._dead_letters = metrics.counter(metrics.DEAD_LETTERS_INSERTED)
-
     def process(self, element: tuple[str, Iterable[DeadLetter]]) -> Iterator[int]:
         _, rows = element
         batch = list(rows)
-        assert self._warehouse is not None
-        warehouse = self._warehouse
+        warehouse = self._writer()
         inserted = self._with_retries(lambda: warehouse.merge_dead_letters(batch))
-        self._dead_letters.inc(inserted)
+        self._counters.inc(metrics.DEAD_LETTERS_INSERTED, inserted)
+        # A dead letter's arrival_time is its message's publish time (transforms/parse.py).
+        self._settle(row.arrival_time for row in batch)
         yield inserted
 
 
@@ -193,16 +230,18 @@ class _Upsert(beam.PTransform):
     def __init__(
         self,
         warehouse_factory: WarehouseFactory,
+        *,
         max_batch_rows: int = 5000,
         flush_seconds: float = 5.0,
         num_retries: int = 5,
         initial_retry_delay_seconds: float = 1.0,
+        checkpointing: Checkpointing | None = None,
     ) -> None:
         super().__init__()
         self._factory = warehouse_factory
         self._max_batch_rows = max_batch_rows
         self._flush_seconds = flush_seconds
-        self._retry_args = (num_retries, initial_retry_delay_seconds)
+        self._fn_args = (warehouse_factory, num_retries, initial_retry_delay_seconds, checkpointing)
 
 
 class UpsertLedger(_Upsert):
@@ -220,7 +259,7 @@ class UpsertLedger(_Upsert):
             candidates
             | "BatchByEventDay"
             >> BatchForMerge(_event_day, _event_order, self._max_batch_rows, self._flush_seconds)
-            | "MergeBatches" >> beam.ParDo(MergeEventBatchesFn(self._factory, *self._retry_args))
+            | "MergeBatches" >> beam.ParDo(MergeEventBatchesFn(*self._fn_args))
         )
 
 
@@ -234,6 +273,5 @@ class UpsertDeadLetters(_Upsert):
             >> BatchForMerge(
                 _arrival_day, _arrival_order, self._max_batch_rows, self._flush_seconds
             )
-            | "MergeBatches"
-            >> beam.ParDo(MergeDeadLetterBatchesFn(self._factory, *self._retry_args))
+            | "MergeBatches" >> beam.ParDo(MergeDeadLetterBatchesFn(*self._fn_args))
         )

@@ -9,6 +9,7 @@ own connection in ``setup``.
 from __future__ import annotations
 
 import abc
+import datetime as dt
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,14 @@ class Warehouse(abc.ABC):
     @abc.abstractmethod
     def merge_dead_letters(self, rows: Sequence[DeadLetter]) -> int:
         """Insert the dead letters whose id is absent; returns how many were inserted."""
+
+    @abc.abstractmethod
+    def read_checkpoint(self, source: str) -> dt.datetime | None:
+        """The replay checkpoint recorded for ``source``, if any."""
+
+    @abc.abstractmethod
+    def write_checkpoint(self, source: str, replay_from: dt.datetime) -> None:
+        """Record that everything ``source`` delivered before ``replay_from`` is committed."""
 
     @abc.abstractmethod
     def fetch_rows(self, table: str) -> list[dict[str, Any]]:

@@ -37,7 +37,7 @@ from pipeline.events import (
     to_micros,
 )
 from pipeline.sinks.warehouse import Warehouse, open_warehouse
-from pipeline.tables import ALL_TABLES
+from pipeline.tables import DATA_TABLES
 
 Row = dict[str, Any]
 _MAX_REPORTED = 20
@@ -240,7 +240,7 @@ def check_truth(tables: Mapping[str, list[Row]], truth: Truth, report: Report) -
 
 
 def fetch_tables(warehouse: Warehouse) -> dict[str, list[Row]]:
-    return {table.name: warehouse.fetch_rows(table.name) for table in ALL_TABLES}
+    return {table.name: warehouse.fetch_rows(table.name) for table in DATA_TABLES}
 
 
 def reconcile(warehouse: Warehouse, truth: Truth | None = None) -> Report:

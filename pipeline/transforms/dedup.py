@@ -46,6 +46,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from pipeline import metrics
 from pipeline.events import Event, EventCoder, to_micros
+from pipeline.progress import ProgressHandle
 
 STRATEGIES = ("auto", "stateful", "grouped")
 
@@ -62,7 +63,9 @@ class StatefulFirstVersionFn(beam.DoFn):
     VERSIONS = BagStateSpec("versions", EventCoder())
     EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
 
-    def __init__(self, ttl_seconds: float, max_versions: int = 8) -> None:
+    def __init__(
+        self, ttl_seconds: float, max_versions: int = 8, progress: ProgressHandle | None = None
+    ) -> None:
         if ttl_seconds <= 0:
             raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds}")
         if max_versions < 1:
@@ -71,28 +74,31 @@ class StatefulFirstVersionFn(beam.DoFn):
         # Versions kept per key. Conflicts are rare; past this bound further versions are still
         # passed on (the warehouse dead-letters them), only their copies are no longer dropped here.
         self._max_versions = max_versions
-        self._duplicates = metrics.counter(metrics.DUPLICATES_PIPELINE)
-        self._conflicting = metrics.counter(metrics.CONFLICTING_VERSIONS)
-        self._created = metrics.counter(metrics.DEDUP_STATE_CREATED)
-        self._expired = metrics.counter(metrics.DEDUP_STATE_EXPIRED)
+        self._progress = progress
+        self._counters = metrics.OutcomeCounters(progress)
 
     def process(
         self,
         element: tuple[str, Event],
+        source_time: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
         versions: BagRuntimeState = beam.DoFn.StateParam(VERSIONS),  # type: ignore[assignment]
         expiry: RuntimeTimer = beam.DoFn.TimerParam(EXPIRY),  # type: ignore[assignment]
     ) -> Iterator[Verdict]:
         _, event = element
         seen = list(versions.read())
         if not seen:
-            self._created.inc()
+            self._counters.inc(metrics.DEDUP_STATE_CREATED)
             expiry.set(Timestamp.now() + self._ttl)
             versions.add(event)
             yield event, True
         elif event in seen:
-            self._duplicates.inc()
+            self._counters.inc(metrics.DUPLICATES_PIPELINE)
+            # Nothing downstream will settle this copy; its twin holds the replay checkpoint.
+            run = self._progress.get() if self._progress is not None else None
+            if run is not None:
+                run.settled([source_time.to_utc_datetime(has_tz=True)])
         else:
-            self._conflicting.inc()
+            self._counters.inc(metrics.CONFLICTING_VERSIONS)
             if len(seen) < self._max_versions:
                 versions.add(event)
             yield event, False
@@ -102,7 +108,7 @@ class StatefulFirstVersionFn(beam.DoFn):
         self,
         versions: BagRuntimeState = beam.DoFn.StateParam(VERSIONS),  # type: ignore[assignment]
     ) -> None:
-        self._expired.inc()
+        self._counters.inc(metrics.DEDUP_STATE_EXPIRED)
         versions.clear()
 
 
@@ -113,9 +119,8 @@ def _canonical_order(event: Event) -> tuple[int, str]:
 class ChooseVersionFn(beam.DoFn):
     """(event_id, all its versions) -> the primary version plus each other distinct version."""
 
-    def __init__(self) -> None:
-        self._duplicates = metrics.counter(metrics.DUPLICATES_PIPELINE)
-        self._conflicting = metrics.counter(metrics.CONFLICTING_VERSIONS)
+    def __init__(self, progress: ProgressHandle | None = None) -> None:
+        self._counters = metrics.OutcomeCounters(progress)
 
     def process(self, element: tuple[str, Iterable[Event]]) -> Iterator[TimestampedValue]:
         _, versions = element
@@ -124,8 +129,8 @@ class ChooseVersionFn(beam.DoFn):
         for event in versions:
             total += 1
             distinct.add(event)
-        self._duplicates.inc(total - len(distinct))
-        self._conflicting.inc(len(distinct) - 1)
+        self._counters.inc(metrics.DUPLICATES_PIPELINE, total - len(distinct))
+        self._counters.inc(metrics.CONFLICTING_VERSIONS, len(distinct) - 1)
         primary, *others = sorted(distinct, key=_canonical_order)
         # After a GroupByKey the element timestamp is the window's end; put event time back.
         yield _timestamped(primary, True)
@@ -147,7 +152,9 @@ class DedupByEventId(beam.PTransform):
     later is caught by the warehouse MERGE instead.
     """
 
-    def __init__(self, ttl_seconds: float, strategy: str = "auto") -> None:
+    def __init__(
+        self, ttl_seconds: float, strategy: str = "auto", progress: ProgressHandle | None = None
+    ) -> None:
         super().__init__()
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -155,6 +162,7 @@ class DedupByEventId(beam.PTransform):
             raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds}")
         self._ttl_seconds = ttl_seconds
         self._strategy = strategy
+        self._progress = progress
 
     def expand(self, events: beam.PCollection) -> beam.PCollection:
         keyed = (
@@ -169,10 +177,11 @@ class DedupByEventId(beam.PTransform):
         if stateful:
             # The key coder must be deterministic for state: declare str keys explicitly.
             return keyed | "FirstVersionPerEventId" >> beam.ParDo(
-                StatefulFirstVersionFn(self._ttl_seconds)
+                StatefulFirstVersionFn(self._ttl_seconds, progress=self._progress)
             ).with_input_types(tuple[str, Event]).with_output_types(tuple[Event, bool])
         return (
             keyed
             | "GroupVersionsByEventId" >> beam.GroupByKey()
-            | "ChooseVersion" >> beam.ParDo(ChooseVersionFn()).with_output_types(tuple[Event, bool])
+            | "ChooseVersion"
+            >> beam.ParDo(ChooseVersionFn(self._progress)).with_output_types(tuple[Event, bool])
         )

@@ -3,6 +3,11 @@
 One bad record must never fail its bundle: in streaming that bundle would be retried forever.
 Every record therefore ends either as a timestamped :class:`Event` on the main output or as a
 :class:`DeadLetter` on the ``dead_letters`` output, whose reason names the offending field.
+
+Timestamps: an event from a Pub/Sub message is timestamped with the message's publish time, the
+position in the subscription that replay checkpoints track (pipeline/progress.py); an event from
+a file line with its event_time. Event-time windows are assigned later, from the payload's
+event_time (transforms/windows.py), so the timestamp here never decides a window.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pipeline.events import (
     parse_event,
     to_micros,
 )
+from pipeline.progress import ProgressHandle
 
 _LOG = logging.getLogger(__name__)
 
@@ -46,72 +52,83 @@ def peek_event_id(payload: bytes) -> str | None:
 
 
 class ParseEventFn(beam.DoFn):
-    """bytes or PubsubMessage -> Event (timestamped at its event_time) | dead letter."""
+    """bytes or PubsubMessage -> timestamped Event | dead letter."""
 
-    def __init__(self) -> None:
-        self._read = metrics.counter(metrics.LINES_READ)
-        self._parsed = metrics.counter(metrics.EVENTS_PARSED)
-        self._rejected = metrics.counter(metrics.DEAD_LETTERS_PARSE)
-        self._internal = metrics.counter(metrics.PARSE_INTERNAL_ERRORS)
+    def __init__(self, progress: ProgressHandle | None = None) -> None:
+        self._counters = metrics.OutcomeCounters(progress)
 
     def process(self, record: Record) -> Iterator[TimestampedValue | TaggedOutput]:
-        self._read.inc()
-        payload, attributes, message_id = _unpack(record)
+        self._counters.inc(metrics.LINES_READ)
+        payload, attributes, message_id, published = _unpack(record)
         try:
             event = parse_event(payload)
         except ContractViolation as violation:
-            self._rejected.inc()
+            self._counters.inc(metrics.DEAD_LETTERS_PARSE)
             yield TaggedOutput(
-                DEAD_LETTER_TAG, self._dead_letter(str(violation), payload, attributes, message_id)
+                DEAD_LETTER_TAG,
+                _dead_letter(str(violation), payload, attributes, message_id, published),
             )
             return
         except Exception as error:  # a bug must not turn one record into a crash loop
             _LOG.exception("Unexpected error while parsing a record; routed to dead letters")
-            self._internal.inc()
-            self._rejected.inc()
+            self._counters.inc(metrics.PARSE_INTERNAL_ERRORS)
+            self._counters.inc(metrics.DEAD_LETTERS_PARSE)
             reason = f"internal: {type(error).__name__}: {error}"
             yield TaggedOutput(
-                DEAD_LETTER_TAG, self._dead_letter(reason, payload, attributes, message_id)
+                DEAD_LETTER_TAG, _dead_letter(reason, payload, attributes, message_id, published)
             )
             return
-        self._parsed.inc()
-        yield TimestampedValue(event, Timestamp(micros=to_micros(event.event_time)))
-
-    @staticmethod
-    def _dead_letter(
-        reason: str,
-        payload: bytes,
-        attributes: Mapping[str, str] | None,
-        message_id: str | None,
-    ) -> DeadLetter:
-        return make_dead_letter(
-            STAGE_PARSE,
-            reason,
-            payload,
-            event_id=peek_event_id(payload),
-            message_id=message_id,
-            attributes=attributes,
-            arrival_time=dt.datetime.now(dt.UTC),
-        )
+        self._counters.inc(metrics.EVENTS_PARSED)
+        source_time = published or event.event_time
+        yield TimestampedValue(event, Timestamp(micros=to_micros(source_time)))
 
 
-def _unpack(record: Record) -> tuple[bytes, Mapping[str, str] | None, str | None]:
+def _dead_letter(
+    reason: str,
+    payload: bytes,
+    attributes: Mapping[str, str] | None,
+    message_id: str | None,
+    published: dt.datetime | None,
+) -> DeadLetter:
+    return make_dead_letter(
+        STAGE_PARSE,
+        reason,
+        payload,
+        event_id=peek_event_id(payload),
+        message_id=message_id,
+        attributes=attributes,
+        # For a message, arrival is its publish time: the position replay checkpoints track.
+        arrival_time=published or dt.datetime.now(dt.UTC),
+    )
+
+
+def _unpack(
+    record: Record,
+) -> tuple[bytes, Mapping[str, str] | None, str | None, dt.datetime | None]:
     if isinstance(record, PubsubMessage):
-        return record.data or b"", record.attributes or None, record.message_id
-    return record, None, None
+        published = record.publish_time
+        if published is not None:
+            published = published.astimezone(dt.UTC)
+        return record.data or b"", record.attributes or None, record.message_id, published
+    return record, None, None, None
 
 
 class ParseEvents(beam.PTransform):
     """Validate raw records against the event contract.
 
     Input: ``bytes`` (one JSON object per file line) or ``PubsubMessage``.
-    Outputs (a ``DoOutputsTuple``): ``events``, the valid :class:`Event` s, each timestamped with
-    its event_time so that later windowing is in event time; and ``dead_letters``, one
+    Outputs (a ``DoOutputsTuple``): ``events``, the valid :class:`Event` s, timestamped with the
+    message's publish time (Pub/Sub) or their event_time (files); and ``dead_letters``, one
     :class:`DeadLetter` per refused record with the field at fault in its reason.
     Stateless and order-preserving per bundle; windows of the input are kept.
     """
 
+    def __init__(self, progress: ProgressHandle | None = None) -> None:
+        super().__init__()
+        self._progress = progress
+
     def expand(self, records: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return records | "ValidateContract" >> beam.ParDo(ParseEventFn()).with_output_types(
-            Event
-        ).with_outputs(DEAD_LETTER_TAG, main="events")
+        fn = ParseEventFn(self._progress)
+        return records | "ValidateContract" >> beam.ParDo(fn).with_output_types(Event).with_outputs(
+            DEAD_LETTER_TAG, main="events"
+        )

@@ -19,37 +19,64 @@ passes the window's end.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 
 import apache_beam as beam
-from apache_beam.transforms.window import FixedWindows, GlobalWindows, IntervalWindow
-from apache_beam.utils.timestamp import Duration
+from apache_beam.transforms.window import (
+    FixedWindows,
+    GlobalWindows,
+    IntervalWindow,
+    TimestampedValue,
+)
+from apache_beam.utils.timestamp import Duration, Timestamp
 
-from pipeline.events import Event, LedgerCandidate, from_micros
+from pipeline.events import Event, LedgerCandidate, from_micros, to_micros
 
 MAX_WINDOW_SECONDS = 86_400  # see events.MAX_EVENT_TIME: window ends must stay valid timestamps
+
+
+class ToEventTimeFn(beam.DoFn):
+    """Timestamp each verdict with its payload's event_time, keeping the source time."""
+
+    def process(
+        self,
+        verdict: tuple[Event, bool],
+        source_time: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
+    ) -> Iterator[TimestampedValue]:
+        event, primary = verdict
+        try:
+            source: dt.datetime | None = from_micros(source_time.micros)
+        except OverflowError:  # a runner's MIN/MAX timestamp: no source position to track
+            source = None
+        yield TimestampedValue(
+            (event, primary, source), Timestamp(micros=to_micros(event.event_time))
+        )
 
 
 class StampWindowFn(beam.DoFn):
     def process(
         self,
-        verdict: tuple[Event, bool],
+        element: tuple[Event, bool, dt.datetime | None],
         window: IntervalWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
     ) -> Iterator[LedgerCandidate]:
-        event, primary = verdict
+        event, primary, source_time = element
         yield LedgerCandidate(
             event,
             primary,
             from_micros(window.start.micros),
             from_micros(window.end.micros),
+            source_time,
         )
 
 
 class AssignEventTimeWindows(beam.PTransform):
     """``(event, primary)`` -> :class:`LedgerCandidate` with its fixed event-time window.
 
-    Output is re-windowed into the global window so the sink can batch rows of many windows into
-    one MERGE. Ordering is not changed; no element is dropped, late or not.
+    Each element is first timestamped with its payload's event_time (its incoming timestamp, the
+    source time, is kept on the candidate), then windowed. Output is re-windowed into the global
+    window so the sink can batch rows of many windows into one MERGE. Ordering is not changed; no
+    element is dropped, late or not.
     """
 
     def __init__(self, window_size_seconds: int, allowed_lateness_seconds: int = 0) -> None:
@@ -67,8 +94,13 @@ class AssignEventTimeWindows(beam.PTransform):
         self.windowed: beam.PCollection | None = None
 
     def expand(self, verdicts: beam.PCollection) -> beam.PCollection:
-        self.windowed = verdicts | "FixedEventTimeWindows" >> beam.WindowInto(
-            FixedWindows(self._size), allowed_lateness=Duration(seconds=self._lateness)
+        self.windowed = (
+            verdicts
+            | "ToEventTime" >> beam.ParDo(ToEventTimeFn())
+            | "FixedEventTimeWindows"
+            >> beam.WindowInto(
+                FixedWindows(self._size), allowed_lateness=Duration(seconds=self._lateness)
+            )
         )
         return (
             self.windowed

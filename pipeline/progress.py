@@ -1,0 +1,115 @@
+"""Replay checkpoints and idle detection for Pub/Sub input on the DirectRunner.
+
+Beam's Python DirectRunner acknowledges Pub/Sub messages as soon as it pulls them
+(``apache_beam/runners/direct/transform_evaluator.py``, ``_read_from_pubsub``), so a process that
+dies loses what it had pulled and not yet merged. Recovery is by replay: the sink records in the
+warehouse, after each committed batch, the oldest publish time not yet safely committed (minus a
+margin), and the next run seeks its subscription back there before reading. Replaying more than
+needed is harmless: every MERGE is idempotent.
+
+"Not yet safely committed" is known exactly inside the one process the DirectRunner uses: this
+module keeps, per run, the publish times pulled and not yet *settled*. A message is settled when
+its ledger batch or dead letter committed, or when dedup dropped it as an identical copy (its twin
+is then outstanding or committed, and either holds the checkpoint or is already safe). The
+safe point is the oldest outstanding publish time or, when none is outstanding, the newest settled
+one. A margin (``--replay_margin_seconds``) covers the instant between the runner's ack and the
+registration of a message, and out-of-order delivery.
+
+On Dataflow none of this runs: Dataflow acknowledges only after a durable commit, and replay is an
+operator's seek (see README, Operate). The registry is process-local by design; a handle whose run
+is not registered in this process is inert.
+
+The same per-run object keeps a tally of the pipeline's counters, because the streaming
+DirectRunner of Beam 2.77 loses Beam counter updates after the first bundle of each step and
+thread (its StateSampler caches the first bundle's MetricsContainer in ``scoped_state``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+class RunProgress:
+    """Outstanding publish times, arrival clock and counter tally of one pipeline run."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._outstanding: Counter[dt.datetime] = Counter()
+        self._newest_settled: dt.datetime | None = None
+        self._last_arrival = time.monotonic()
+        self._tally: Counter[str] = Counter()
+        self.checkpoint_lock = threading.Lock()  # serialises compute-then-write of checkpoints
+
+    def pulled(self, publish_time: dt.datetime) -> None:
+        with self._lock:
+            self._outstanding[publish_time] += 1
+            self._last_arrival = time.monotonic()
+
+    def settled(self, publish_times: Iterable[dt.datetime | None]) -> None:
+        with self._lock:
+            for publish_time in publish_times:
+                if publish_time is None:
+                    continue
+                if self._outstanding[publish_time] > 0:
+                    self._outstanding[publish_time] -= 1
+                    if not self._outstanding[publish_time]:
+                        del self._outstanding[publish_time]
+                if self._newest_settled is None or publish_time > self._newest_settled:
+                    self._newest_settled = publish_time
+
+    def safe_point(self) -> dt.datetime | None:
+        """The oldest publish time that is not known to be committed."""
+        with self._lock:
+            if self._outstanding:
+                return min(self._outstanding)
+            return self._newest_settled
+
+    def outstanding(self) -> int:
+        with self._lock:
+            return sum(self._outstanding.values())
+
+    def idle_seconds(self) -> float:
+        with self._lock:
+            return time.monotonic() - self._last_arrival
+
+    def count(self, name: str, value: int = 1) -> None:
+        with self._lock:
+            self._tally[name] += value
+
+    def tally(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._tally)
+
+
+_RUNS: dict[str, RunProgress] = {}
+_RUNS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ProgressHandle:
+    """Picklable reference from DoFns to their run's progress; inert outside the process that
+    registered it (for example on Dataflow workers)."""
+
+    token: str
+
+    def get(self) -> RunProgress | None:
+        return _RUNS.get(self.token)
+
+
+def register_run() -> tuple[ProgressHandle, RunProgress]:
+    progress = RunProgress()
+    handle = ProgressHandle(uuid.uuid4().hex)
+    with _RUNS_LOCK:
+        _RUNS[handle.token] = progress
+    return handle, progress
+
+
+def unregister_run(handle: ProgressHandle) -> None:
+    with _RUNS_LOCK:
+        _RUNS.pop(handle.token, None)

@@ -1,0 +1,204 @@
+"""The streaming pipeline against Google's Pub/Sub emulator, run as a user runs it (a subprocess):
+duplicate publishes, redeliveries (nack and ack-deadline expiry), malformed messages and late
+events (within and beyond the allowed lateness) in one run; kill -9 mid-stream followed by the same
+command again in another. Every run ends reconciled exactly.
+
+The emulator comes from the Google Cloud CLI; without it these tests fail (never skip). Each run
+ends up to ~30 s after its last message: the DirectRunner executes everything on one thread and
+its Pub/Sub read blocks in a 30 s pull when the subscription is empty, which delays the sink's
+last flush timer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+from pipeline.events import Event, format_timestamp, parse_event
+from pipeline.tools.generate import GeneratorConfig, generate, write
+from pipeline.tools.publish import attributes_for, publish
+from pipeline.tools.pubsub_emulator import (
+    Emulator,
+    create_topic_and_subscription,
+    running_emulator,
+)
+from pipeline.tools.reconcile import Report, check_invariants, check_truth, fetch_tables, load_truth
+from tests.helpers import duckdb_factory, event_line
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[Emulator]:
+    with running_emulator() as running:
+        yield running
+
+
+def _channel(emulator: Emulator, name: str, ack_deadline: int = 10) -> tuple[str, str]:
+    topic, subscription = emulator.topic(name), emulator.subscription(f"{name}-pipeline")
+    create_topic_and_subscription(topic, subscription, ack_deadline_seconds=ack_deadline)
+    return topic, subscription
+
+
+def _command(subscription: str, database: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "pipeline",
+        f"--input_subscription={subscription}",
+        f"--warehouse=duckdb:{database}",
+        "--batch_flush_seconds=1",
+        "--max_batch_rows=100",
+        *extra,
+    ]  # fmt: skip
+
+
+def _run(subscription: str, database: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        _command(subscription, database, "--exit_when_idle_seconds=8", *extra),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _reconcile(database: Path, truth: Path, extra: Sequence[Event] = ()) -> list[str]:
+    """Reconcile with the generator's truth plus ``extra`` events published besides it."""
+    warehouse = duckdb_factory(str(database))()
+    try:
+        report = Report()
+        tables = fetch_tables(warehouse)
+        check_invariants(tables, report)
+        expected = load_truth(str(truth))
+        expected.versions.update({event.event_id: [event] for event in extra})
+        check_truth(tables, expected, report)
+        return report.problems
+    finally:
+        warehouse.close()
+
+
+def _dataset(folder: Path, events: int, seed: int) -> tuple[list[bytes], Path]:
+    lines, truth = generate(GeneratorConfig(events=events, seed=seed, files=1, accounts=30))
+    write(lines, truth, str(folder / "events"), files=1)
+    return [line.payload for line in lines], folder / "events" / "truth.jsonl"
+
+
+def _publish_late_events(client: pubsub_v1.PublisherClient, topic: str) -> list[Event]:
+    """Events far behind the watermark. The DirectRunner's Pub/Sub watermark is the wall clock:
+    with 120 s of allowed lateness, "within" is 30 s old, "beyond" is two days old."""
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    times = {
+        "late-within-1": now - dt.timedelta(seconds=30),
+        "late-within-2": now - dt.timedelta(seconds=31),
+        "late-beyond-1": now - dt.timedelta(days=2),
+        "late-beyond-2": now - dt.timedelta(days=2, seconds=-1),
+    }
+    events = []
+    for event_id, at in times.items():
+        line = event_line(
+            event_id,
+            transaction_id=f"t-{event_id}",
+            account_id="late-acct",
+            amount="1.25",
+            event_time=format_timestamp(at),
+        )
+        client.publish(topic, line, **attributes_for(line)).result()
+        events.append(parse_event(line))
+    return events
+
+
+def _misbehave(subscription: str, count: int) -> None:
+    """Another consumer pulls messages and never acks them: half are nacked (redelivered at
+    once), half simply expire (redelivered after the ack deadline)."""
+    subscriber = pubsub_v1.SubscriberClient()
+    try:
+        response = subscriber.pull(subscription=subscription, max_messages=count, timeout=10)
+        ack_ids = [received.ack_id for received in response.received_messages]
+        assert ack_ids, "the misbehaving consumer received nothing"
+        subscriber.modify_ack_deadline(
+            subscription=subscription, ack_ids=ack_ids[::2], ack_deadline_seconds=0
+        )
+    finally:
+        subscriber.close()
+
+
+def test_duplicates_redeliveries_malformed_and_late_messages_end_exact(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    topic, subscription = _channel(emulator, "mixed")
+    lines, truth = _dataset(tmp_path, events=400, seed=21)
+    report = publish(topic, lines, duplicate_rate=0.1)
+    assert report.duplicates_injected > 0 and report.failed == 0
+    # A malformed message whose attributes and message id must survive into dead_letters.
+    client = pubsub_v1.PublisherClient()
+    bad_id = client.publish(topic, b"{not json", event_id="bad-1", origin="test").result()
+    late = _publish_late_events(client, topic)
+    _misbehave(subscription, 40)
+
+    database = tmp_path / "warehouse.duckdb"
+    _run(subscription, database, "--allowed_lateness_seconds=120")
+    # Every event once, late ones within and beyond the allowed lateness alike; exact aggregates.
+    assert _reconcile(database, truth, extra=late) == []
+
+    tables = fetch_tables(duckdb_factory(str(database))())
+    late_windows = [r for r in tables["account_window_totals"] if r["account_id"] == "late-acct"]
+    assert sum(r["event_count"] for r in late_windows) == len(late)
+
+    rows = duckdb_factory(str(database))().fetch_rows("dead_letters")
+    (bad,) = [row for row in rows if row["payload"] == "{not json"]
+    assert bad["message_id"] == bad_id
+    assert json.loads(bad["attributes"]) == {"event_id": "bad-1", "origin": "test"}
+    assert bad["error"].startswith("payload: not JSON")
+
+
+def _wait_for_lines(stream: Sequence[str] | object, needle: str, count: int, timeout: float):  # type: ignore[no-untyped-def]
+    """Read a text stream in a thread until ``needle`` appeared ``count`` times."""
+    found: queue.Queue[str] = queue.Queue()
+
+    def reader() -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            if needle in line:
+                found.put(line)
+
+    threading.Thread(target=reader, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    for _ in range(count):
+        found.get(timeout=max(0.1, deadline - time.monotonic()))
+
+
+def test_kill_9_mid_stream_then_the_same_command_is_exact(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    topic, subscription = _channel(emulator, "crash", ack_deadline=60)
+    lines, truth = _dataset(tmp_path, events=900, seed=22)
+    publish(topic, lines, duplicate_rate=0.05)
+    database = tmp_path / "warehouse.duckdb"
+
+    process = subprocess.Popen(
+        _command(subscription, database, "--log_level=INFO"),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        _wait_for_lines(process.stderr, "Merged a batch", count=3, timeout=300)
+    finally:
+        process.kill()  # SIGKILL: no teardown, no flush, pulled messages were already acked
+        process.wait()
+    partial = duckdb_factory(str(database))().fetch_rows("transaction_events")
+    assert 0 < len(partial) < 900, "the kill must land mid-stream"
+
+    again = _run(subscription, database)
+    assert "Replaying" in again.stderr
+    assert _reconcile(database, truth) == []
