@@ -163,6 +163,10 @@ def run(argv: Sequence[str] | None = None) -> metrics.RunSummary:
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, options)
     result = pipeline.run()
+    if not _is_direct(options):
+        # A remote job (Dataflow): submitted; the launcher (e.g. a Flex Template) returns now and
+        # the job's counters are in its monitoring page.
+        return metrics.RunSummary({})
     result.wait_until_finish()
     return metrics.RunSummary(metrics.read_counters(result))
 
@@ -176,5 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(error, file=sys.stderr)
             return 2
         raise
-    print(summary.render())
+    if summary.counters:
+        print(summary.render())
+    else:
+        print(
+            "Job submitted; its counters are in the runner's monitoring (namespace effectively_once)."
+        )
     return 0

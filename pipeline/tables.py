@@ -1,8 +1,13 @@
-"""The four output tables, defined once.
+"""The four output tables (and the checkpoints table), defined once.
 
-Every warehouse derives its DDL from these definitions (DuckDB here, BigQuery and the Terraform
-schema files later), so a column can only be added in one place. Types are logical, named after
-BigQuery's: money is NUMERIC (DECIMAL(38, 9)), times are TIMESTAMP in UTC.
+Every warehouse derives its DDL from these definitions: DuckDB's CREATE TABLE, BigQuery's, and
+the BigQuery JSON schema files Terraform reads (``terraform/schemas/``, written by
+``python -m pipeline.tools.schemas``; a test fails when they drift). Types are logical, named
+after BigQuery's: money is NUMERIC (DECIMAL(38, 9)), times are TIMESTAMP in UTC.
+
+BigQuery layout: every table is partitioned by day of its ``time_column``, the column each MERGE
+restricts its target on, so a MERGE reads only the partitions of its batch. Clustering is chosen
+per table for the lookups the MERGEs and their checks make; see each table.
 """
 
 from __future__ import annotations
@@ -36,13 +41,15 @@ class Table:
     name: str
     columns: tuple[Column, ...]
     key: tuple[str, ...]  # one row per key
-    time_column: str  # the column MERGEs restrict on and BigQuery partitions by
+    time_column: str  # the column MERGEs restrict on and BigQuery partitions by (day)
     description: str
+    clustering: tuple[str, ...] = ()  # BigQuery clustering columns, most selective lookups first
+    partitioned: bool = True
 
     def __post_init__(self) -> None:
         validate_identifier(self.name)
         names = self.column_names
-        missing = [c for c in (*self.key, self.time_column) if c not in names]
+        missing = [c for c in (*self.key, self.time_column, *self.clustering) if c not in names]
         if missing:
             raise ValueError(f"{self.name}: unknown columns {missing}")
 
@@ -78,6 +85,10 @@ TRANSACTION_EVENTS = Table(
     key=("event_id",),
     time_column="event_time",
     description="The ledger: every accepted event exactly once.",
+    # event_id first: the check that no version of an event_id exists outside a MERGE's
+    # partitions looks ids up across the whole table, and clustering lets it skip most blocks.
+    # account_id next: the window recomputation filters the batch's partitions by account.
+    clustering=("event_id", "account_id"),
 )
 
 TRANSACTIONS = Table(
@@ -95,6 +106,8 @@ TRANSACTIONS = Table(
     key=("transaction_id",),
     time_column="event_time",
     description="Current state of each transaction, from its latest event.",
+    # The MERGE and its uniqueness check look rows up by transaction_id.
+    clustering=("transaction_id", "account_id"),
 )
 
 ACCOUNT_WINDOW_TOTALS = Table(
@@ -123,6 +136,7 @@ ACCOUNT_WINDOW_TOTALS = Table(
     time_column="window_start",
     description="Exact count and sum per account, currency and fixed event-time window,"
     " recomputed from the ledger.",
+    clustering=("account_id", "currency"),  # the MERGE key within a window_start partition
 )
 
 DEAD_LETTERS = Table(
@@ -141,6 +155,7 @@ DEAD_LETTERS = Table(
     key=("dead_letter_id",),
     time_column="arrival_time",
     description="Input the pipeline refused, with the reason; nothing is dropped silently.",
+    clustering=("stage", "dead_letter_id"),  # operators filter by stage; the MERGE by id
 )
 
 DATA_TABLES = (TRANSACTION_EVENTS, TRANSACTIONS, ACCOUNT_WINDOW_TOTALS, DEAD_LETTERS)
@@ -157,6 +172,31 @@ INGEST_CHECKPOINTS = Table(
     key=("source",),
     time_column="updated_at",
     description="Replay checkpoints of streaming inputs.",
+    partitioned=False,  # one row per input
 )
 
 ALL_TABLES = (*DATA_TABLES, INGEST_CHECKPOINTS)
+
+
+# BigQuery's own names, as its API returns them (Terraform then shows no spurious diff).
+_BIGQUERY_TYPES = {
+    "STRING": "STRING",
+    "NUMERIC": "NUMERIC",
+    "TIMESTAMP": "TIMESTAMP",
+    "INT64": "INTEGER",
+    "BOOL": "BOOLEAN",
+    "JSON": "JSON",
+}
+
+
+def bigquery_schema(table: Table) -> list[dict[str, str]]:
+    """The table's columns in BigQuery's JSON schema format."""
+    return [
+        {
+            "name": column.name,
+            "type": _BIGQUERY_TYPES[column.type],
+            "mode": "REQUIRED" if column.required else "NULLABLE",
+            "description": column.description,
+        }
+        for column in table.columns
+    ]
