@@ -184,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(summary.render())
     else:
         print(
-            "Job submitted; its counters are in the runner's monitoring (namespace effectively_once)."
+            "Job submitted; its counters are in the runner's monitoring"
+            " (namespace effectively_once)."
         )
     return 0
