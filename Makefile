@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 RUN_DIR ?= build/run
 EVENTS ?= 100000
 
-.PHONY: help install run run-streaming emulator test lint format bench clean
+.PHONY: help install run run-streaming emulator bq-emulator test lint format bench clean
 
 help:
 	@echo "make run    generate $(EVENTS) events, run the pipeline twice into DuckDB, reconcile"
@@ -52,6 +52,11 @@ run-streaming: install
 emulator: install
 	$(PY) -m pipeline.tools.pubsub_emulator --port 8085
 
+# A local BigQuery (local-bigquery on DuckDB, in its own Python 3.13 venv under .bq-emulator/)
+# for the BigQuery warehouse tests; see scripts/bq_emulator/install.sh.
+bq-emulator:
+	scripts/bq_emulator/install.sh
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -61,8 +66,9 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint
-	$(PY) -m pytest
+# Two workers: the suite waits mostly on emulators and the DirectRunner, one process each.
+test: lint bq-emulator
+	$(PY) -m pytest -n 2
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -69,6 +69,12 @@ class EffectivelyOnceOptions(PipelineOptions):
             " bigquery:PROJECT.DATASET. Default: duckdb:warehouse.duckdb",
         )
         parser.add_argument(
+            "--bigquery_staging_dataset",
+            default="",
+            help="BigQuery only: PROJECT.DATASET for the load-job staging tables (give it a"
+            " default table expiration). Default: the warehouse dataset's name + _staging",
+        )
+        parser.add_argument(
             "--window_size_seconds",
             type=int,
             default=60,
@@ -135,6 +141,8 @@ class EffectivelyOnceOptions(PipelineOptions):
 
 _PROJECT = r"projects/[a-z][a-z0-9-]{4,28}[a-z0-9]"
 _NAME = r"[A-Za-z][\w\-.~+%]{2,254}"
+_PROJECT_ID = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
+_DATASET_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,1023}")
 _SUBSCRIPTION = re.compile(rf"{_PROJECT}/subscriptions/{_NAME}")
 _TOPIC = re.compile(rf"{_PROJECT}/topics/{_NAME}")
 
@@ -144,9 +152,15 @@ def is_streaming_input(options: PipelineOptions) -> bool:
     return bool(opts.input_subscription or opts.input_topic)
 
 
-def _warehouse_problem(url: str) -> str | None:
+def _warehouse_problem(url: str, staging: str) -> str | None:
     try:
-        parse_warehouse_url(url)
+        kind, _ = parse_warehouse_url(url)
+        if staging:
+            if kind != "bigquery":
+                return "--bigquery_staging_dataset applies only to --warehouse=bigquery:..."
+            project, sep, dataset = staging.partition(".")
+            if not (sep and _PROJECT_ID.fullmatch(project) and _DATASET_ID.fullmatch(dataset)):
+                return "--bigquery_staging_dataset must be PROJECT.DATASET"
     except ValueError as error:
         return str(error)
     return None
@@ -187,5 +201,5 @@ def validate(options: PipelineOptions) -> list[str]:
         ),
     ]
     problems = [message for failed, message in checks if failed]
-    warehouse_problem = _warehouse_problem(o.warehouse)
+    warehouse_problem = _warehouse_problem(o.warehouse, o.bigquery_staging_dataset)
     return problems if warehouse_problem is None else [*problems, warehouse_problem]

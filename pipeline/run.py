@@ -55,7 +55,7 @@ def build_pipeline(
     factory of a (fault-injecting) warehouse, and input in place of the configured source.
     ``progress`` tracks replay checkpoints of a subscription on the DirectRunner."""
     opts = options.view_as(EffectivelyOnceOptions)
-    factory = warehouse or warehouse_factory(opts.warehouse)
+    factory = warehouse or warehouse_factory(opts.warehouse, opts.bigquery_staging_dataset or None)
     if records is None:
         if opts.input_files:
             records = pipeline | "ReadEvents" >> ReadEventFiles(opts.input_files)
@@ -100,7 +100,7 @@ def build_pipeline(
 def replay_from_checkpoint(options: PipelineOptions) -> None:
     """Seek the subscription back to the warehouse's replay checkpoint, if there is one."""
     opts = options.view_as(EffectivelyOnceOptions)
-    warehouse = open_warehouse(opts.warehouse)
+    warehouse = open_warehouse(opts.warehouse, opts.bigquery_staging_dataset or None)
     try:
         warehouse.create_tables()
         checkpoint = warehouse.read_checkpoint(opts.input_subscription)

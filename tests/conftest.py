@@ -1,11 +1,23 @@
+"""Fixtures: real local warehouses. ``warehouse`` runs a test once per warehouse: the embedded
+DuckDB (a fresh file) and BigQuery on the local emulator (a fresh dataset of one emulator shared
+by the session). A missing emulator is an error, never a skip (``make bq-emulator``)."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pipeline.sinks.warehouse import WarehouseFactory
-from tests.helpers import duckdb_factory
+from tests.bigquery_emulator import BigQueryEmulator, bigquery_emulator
+from tests.warehouses import WAREHOUSES, duckdb_factory, fresh_bigquery
+
+
+@pytest.fixture(scope="session")
+def bq_emulator() -> Iterator[BigQueryEmulator]:
+    with bigquery_emulator() as emulator:
+        yield emulator
 
 
 @pytest.fixture
@@ -13,7 +25,16 @@ def duckdb_path(tmp_path: Path) -> str:
     return str(tmp_path / "warehouse.duckdb")
 
 
+@pytest.fixture(params=WAREHOUSES)
+def warehouse(request: pytest.FixtureRequest, duckdb_path: str) -> WarehouseFactory:
+    """A factory of a real, empty warehouse: each test runs on DuckDB and on BigQuery."""
+    if request.param == "duckdb":
+        return duckdb_factory(duckdb_path)
+    emulator: BigQueryEmulator = request.getfixturevalue("bq_emulator")
+    return fresh_bigquery(emulator.endpoint, emulator.project)
+
+
 @pytest.fixture
-def warehouse(duckdb_path: str) -> WarehouseFactory:
-    """A factory of the real embedded warehouse, in a fresh file per test."""
+def duckdb_warehouse(duckdb_path: str) -> WarehouseFactory:
+    """DuckDB only, for tests of what only the embedded warehouse does."""
     return duckdb_factory(duckdb_path)

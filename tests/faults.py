@@ -10,8 +10,9 @@ import datetime as dt
 import fcntl
 import json
 import os
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -140,3 +141,57 @@ class FaultyConnection:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+class RecordingBigQueryClient:
+    """A real BigQuery client (the emulator's) that records every SQL text it is asked to run
+    and fails where a plan says: ``lost_response:<step>`` runs the job, then raises a transient
+    error as if the reply was lost; ``conflict:<step>`` raises BigQuery's concurrent-update error
+    before running it. ``<step>`` matches the end of the job id's prefix, e.g. ``ledger``."""
+
+    def __init__(self, inner: Any, plan: FaultPlan, statements: list[str]) -> None:
+        self._inner = inner
+        self._plan = plan
+        self.statements = statements
+        self.submitted: list[str] = []
+
+    def query(self, sql: str, *args: Any, job_id: str | None = None, **kwargs: Any) -> Any:
+        from google.api_core import exceptions
+
+        self.statements.append(sql)
+        step = (job_id or "").rsplit("_", 1)[0].rsplit("_", 1)[-1]
+        if self._plan.take(f"conflict:{step}"):
+            raise exceptions.BadRequest(
+                "Could not serialize access to table due to concurrent update"
+            )
+        job = self._inner.query(sql, *args, job_id=job_id, **kwargs)
+        self.submitted.append(job_id or "")
+        if self._plan.take(f"lost_response:{step}"):
+            job.result()
+            raise exceptions.ServiceUnavailable("the response was lost")
+        return job
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+@dataclass(frozen=True)
+class FaultyBigQueryFactory:
+    """Warehouse factory whose client is wrapped by :class:`RecordingBigQueryClient`."""
+
+    endpoint: str
+    project: str
+    dataset: str
+    plan: FaultPlan
+    run_id: str = field(default_factory=lambda: f"faulty_{uuid.uuid4().hex[:8]}")
+
+    def __call__(self) -> Warehouse:
+        from pipeline.sinks.bigquery import BigQueryWarehouse
+        from tests.warehouses import EmulatorClient
+
+        def client(project: str) -> Any:
+            return RecordingBigQueryClient(EmulatorClient(self.endpoint)(project), self.plan, [])
+
+        return BigQueryWarehouse(
+            self.project, self.dataset, client_factory=client, run_id=self.run_id
+        )

@@ -10,7 +10,8 @@ import apache_beam as beam
 from apache_beam.pipeline import AppliedPTransform, PipelineVisitor
 
 from pipeline.run import build_pipeline
-from tests.helpers import duckdb_factory, pipeline_options
+from tests.helpers import pipeline_options
+from tests.warehouses import duckdb_factory
 
 BOUNDED = [
     "ReadEvents",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 
 import apache_beam as beam
 from apache_beam.coders import BytesCoder
@@ -150,7 +151,7 @@ def test_late_events_within_and_beyond_allowed_lateness_land(warehouse: Warehous
     )
     tables = assert_exact(warehouse, ["on-time", "late-within", "late-beyond"])
     (window,) = tables["account_window_totals"]
-    assert (window["event_count"], str(window["total_amount"])) == (3, "7.000000000")
+    assert (window["event_count"], window["total_amount"]) == (3, Decimal("7"))
 
 
 def test_duplicate_after_dedup_state_expired_is_caught_by_the_warehouse(
@@ -176,7 +177,7 @@ def test_duplicate_after_dedup_state_expired_is_caught_by_the_warehouse(
     )
     tables = assert_exact(warehouse, ["e1", "e2"])
     (window,) = tables["account_window_totals"]
-    assert (window["event_count"], str(window["total_amount"])) == (2, "6.000000000")
+    assert (window["event_count"], window["total_amount"]) == (2, Decimal("6"))
 
 
 def test_conflicting_version_after_expiry_is_a_dead_letter(warehouse: WarehouseFactory) -> None:
@@ -196,6 +197,6 @@ def test_conflicting_version_after_expiry_is_a_dead_letter(warehouse: WarehouseF
         dedup_ttl_seconds=60,
     )
     tables = assert_exact(warehouse, ["e1"])
-    assert str(tables["transaction_events"][0]["amount"]) == "5.000000000"
+    assert tables["transaction_events"][0]["amount"] == Decimal("5")
     (dead,) = tables["dead_letters"]
     assert dead["error"].startswith("conflict:") and "amount" in dead["error"]

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from pipeline.events import Event, LedgerCandidate
 from pipeline.sinks.duckdb import DuckDBWarehouse
 from pipeline.tools.reconcile import expected_totals, expected_transactions, window_of
-from tests.helpers import duckdb_factory, event_line, read_tables, run_lines
+from tests.helpers import event_line, read_tables, run_lines
+from tests.warehouses import duckdb_factory
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 WINDOW = 60

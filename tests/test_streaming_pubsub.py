@@ -33,7 +33,8 @@ from pipeline.tools.pubsub_emulator import (
     running_emulator,
 )
 from pipeline.tools.reconcile import Report, check_invariants, check_truth, fetch_tables, load_truth
-from tests.helpers import duckdb_factory, event_line
+from tests.helpers import event_line
+from tests.warehouses import duckdb_factory
 
 pytestmark = pytest.mark.slow
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import functools
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,18 +83,34 @@ def parse_warehouse_url(url: str) -> tuple[str, str]:
         raise ValueError(
             f"--warehouse must be duckdb:PATH or bigquery:PROJECT.DATASET, got {url!r}"
         )
+    if kind == "bigquery":
+        from pipeline.sinks.bigquery import parse_dataset  # noqa: PLC0415
+
+        parse_dataset(location)
     return kind, location
 
 
-def open_warehouse(url: str) -> Warehouse:
+def open_warehouse(
+    url: str, bigquery_staging_dataset: str | None = None, run_id: str | None = None
+) -> Warehouse:
     kind, location = parse_warehouse_url(url)
+    # Imported here so a run needs only the client of the warehouse it uses.
     if kind == "duckdb":
-        from pipeline.sinks.duckdb import DuckDBWarehouse  # noqa: PLC0415  # only what is used
+        from pipeline.sinks.duckdb import DuckDBWarehouse  # noqa: PLC0415
 
         return DuckDBWarehouse(location)
-    raise NotImplementedError(f"the {kind} warehouse is not available in this version")
+    from pipeline.sinks.bigquery import BigQueryWarehouse, parse_dataset  # noqa: PLC0415
+
+    project, dataset = parse_dataset(location)
+    return BigQueryWarehouse(project, dataset, bigquery_staging_dataset, run_id=run_id)
 
 
-def warehouse_factory(url: str) -> WarehouseFactory:
+def warehouse_factory(
+    url: str, bigquery_staging_dataset: str | None = None, run_id: str | None = None
+) -> WarehouseFactory:
+    """A picklable factory for the workers. ``run_id`` identifies one launched pipeline: every
+    worker's warehouse gets the same one (BigQuery scopes its job ids by it)."""
     parse_warehouse_url(url)  # fail at construction time, not on the workers
-    return functools.partial(open_warehouse, url)
+    return functools.partial(
+        open_warehouse, url, bigquery_staging_dataset, run_id or uuid.uuid4().hex[:12]
+    )

@@ -1,0 +1,822 @@
+"""BigQuery: the production warehouse, with the same semantics as DuckDB.
+
+Each batch is a short sequence of BigQuery jobs, every one idempotent on its own, because a
+worker may die between any two of them and the bundle is then retried:
+
+1. **Stage**: a load job writes the batch into a table of the staging dataset (load jobs are
+   free and leave no streaming buffer, so the rows are MERGE-able at once; the staging dataset's
+   default table expiration removes forgotten tables).
+2. **Look up** the versions the ledger already holds for the batch's event_ids, anywhere in the
+   table. ``transaction_events`` is clustered by event_id, so this reads only the blocks of those
+   ids, not the whole table.
+3. **MERGE the ledger**: insert the chosen versions whose id is absent. The target is restricted
+   to the batch's event-time range, so the MERGE reads only those partitions; it cannot add a
+   second row for an event_id stored outside the range, because step 2 found every such id and
+   they are excluded from the MERGE's source.
+4. **Verify** that no event_id of the batch has two rows (a concurrent batch on another worker
+   could have inserted another version of the same event_id between steps 2 and 3) and repair if
+   so: the earliest-ingested row stays, the other is deleted and dead-lettered as a conflict, and
+   the affected transaction and windows are recomputed below.
+5. **MERGE dead letters** for refused versions, **MERGE transactions** (newer event wins; the
+   target range is widened to where the batch's transactions already have rows, found by a
+   clustered lookup, and duplicate transaction rows from a concurrent race are repaired), then
+   **recompute the touched windows** from the ledger and MERGE them into the totals.
+
+Job ids of mutating jobs derive from the run and the batch's content, so a retried bundle
+re-attaches to the job it already ran (409 Already Exists: wait for that job and use its result)
+instead of running it twice; a failed job is retried under the next attempt number. The run id
+(one per launched pipeline) keeps a later replay of the same input from re-attaching to jobs of
+an earlier run: BigQuery keeps job history for months, and a replay into rebuilt tables must run
+its MERGEs, not find them done. Contention ("could not serialize
+access", concurrent update, too many DML statements) and transient errors are reported as
+transient, so the sink retries them with backoff. Values travel only as loaded rows or query
+parameters; project, dataset and table names are validated.
+
+BigQuery has no multi-statement transaction that the local emulator supports around MERGE, so
+atomicity comes from idempotence instead: every step can run again and converges on the same
+tables (``transactions`` and totals are functions of the ledger).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from decimal import Decimal
+from typing import Any
+
+from google.api_core import exceptions as api_exceptions
+from google.cloud import bigquery
+
+from pipeline.dead_letters import DeadLetter, conflict_dead_letter
+from pipeline.events import (
+    AMOUNT_SCALE,
+    MONEY_CONTEXT,
+    NUMERIC_LIMIT,
+    Event,
+    LedgerCandidate,
+    format_amount,
+    format_timestamp,
+)
+from pipeline.sinks import ledger_rules
+from pipeline.sinks.warehouse import MergeOutcome, Warehouse
+from pipeline.tables import (
+    ACCOUNT_WINDOW_TOTALS,
+    ALL_TABLES,
+    DEAD_LETTERS,
+    INGEST_CHECKPOINTS,
+    TRANSACTION_EVENTS,
+    TRANSACTIONS,
+    Table,
+    bigquery_schema,
+    validate_identifier,
+)
+
+_PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
+_DATASET = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,1023}")
+_EVENT_COLUMNS = (
+    "event_id",
+    "transaction_id",
+    "account_id",
+    "amount",
+    "currency",
+    "status",
+    "event_time",
+)
+_TRANSIENT_MESSAGES = (
+    "could not serialize access",
+    "concurrent update",
+    "too many dml statements outstanding",
+    "rate limit",
+    "ratelimitexceeded",
+    "backenderror",
+    "failed to commit",  # the local emulator's word for a write-write conflict
+)
+STAGING_TABLE_EXPIRATION = dt.timedelta(days=1)
+
+
+def parse_dataset(reference: str) -> tuple[str, str]:
+    """``PROJECT.DATASET`` -> (project, dataset), both validated."""
+    project, sep, dataset = reference.partition(".")
+    if not sep or not _PROJECT.fullmatch(project) or not _DATASET.fullmatch(dataset):
+        raise ValueError(f"expected PROJECT.DATASET with a valid project id, got {reference!r}")
+    return project, dataset
+
+
+class BigQueryBatchError(RuntimeError):
+    """A batch job failed; ``transient`` says whether trying again may succeed."""
+
+    def __init__(self, message: str, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def _is_transient(error: BaseException) -> bool:
+    if isinstance(error, BigQueryBatchError):
+        return error.transient
+    if isinstance(
+        error,
+        api_exceptions.ServiceUnavailable
+        | api_exceptions.InternalServerError
+        | api_exceptions.TooManyRequests
+        | api_exceptions.GatewayTimeout
+        | api_exceptions.DeadlineExceeded
+        | ConnectionError
+        | TimeoutError,
+    ):
+        return True
+    return any(text in str(error).lower() for text in _TRANSIENT_MESSAGES)
+
+
+def _json_row(values: dict[str, Any]) -> dict[str, Any]:
+    """Load-job JSON: NUMERIC as plain-notation strings and TIMESTAMP as RFC 3339, so nothing
+    passes through float."""
+    row: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Decimal):
+            row[key] = format_amount(value)
+        elif isinstance(value, dt.datetime):
+            row[key] = format_timestamp(value)
+        else:
+            row[key] = value
+    return row
+
+
+def batch_digest(candidates: Iterable[LedgerCandidate], scope: str = "") -> str:
+    """A stable id of a prepared batch's content within ``scope`` (the destination): its jobs'
+    ids derive from it."""
+    digest = hashlib.sha256(scope.encode("utf-8") + b"\n")
+    for line in sorted(
+        f"{c.event.to_json()}|{c.primary}|{format_timestamp(c.window_start)}" for c in candidates
+    ):
+        digest.update(line.encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()[:32]
+
+
+def exact_total(parts: Sequence[int], nanos: int) -> Decimal | None:
+    """Combine a window's partial sums (see _WINDOW_SUMS) exactly; None when not NUMERIC."""
+    high, middle, low = parts
+    total = MONEY_CONTEXT.add(
+        MONEY_CONTEXT.add(
+            MONEY_CONTEXT.multiply(Decimal(high), Decimal(10) ** 20),
+            MONEY_CONTEXT.multiply(Decimal(middle), Decimal(10) ** 10),
+        ),
+        MONEY_CONTEXT.add(Decimal(low), Decimal(nanos).scaleb(-AMOUNT_SCALE)),
+    )
+    return total if abs(total) < NUMERIC_LIMIT else None
+
+
+class BigQueryWarehouse(Warehouse):
+    """The tables in one BigQuery dataset, staged through another."""
+
+    def __init__(
+        self,
+        project: str,
+        dataset: str,
+        staging_dataset: str | None = None,
+        *,
+        client_factory: Callable[[str], bigquery.Client] | None = None,
+        location: str | None = None,
+        transaction_lookback: dt.timedelta = dt.timedelta(days=1),
+        max_concurrent_batches: int = 2,
+        run_id: str | None = None,
+    ) -> None:
+        """``client_factory(project)`` is the client seam: tests pass one that builds a client of
+        the local emulator, or wraps the real client to inject faults. ``run_id`` scopes job ids
+        to one launched pipeline (pass the same id to every worker's instance)."""
+        parse_dataset(f"{project}.{dataset}")
+        self.project = project
+        self.dataset = dataset
+        staging_project, staging = parse_dataset(staging_dataset or f"{project}.{dataset}_staging")
+        self.staging_project = staging_project
+        self.staging_dataset = staging
+        self.location = location
+        self.transaction_lookback = transaction_lookback
+        if max_concurrent_batches < 1:
+            raise ValueError("max_concurrent_batches must be at least 1")
+        # BigQuery runs at most 2 mutating DML statements per table at a time and queues 20; each
+        # batch runs its MERGEs one after another, so this bounds the MERGEs in flight per table.
+        self._slots = threading.BoundedSemaphore(max_concurrent_batches)
+        self._client_factory = client_factory or (
+            lambda p: bigquery.Client(project=p, location=location)
+        )
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", self.run_id):
+            raise ValueError(f"run_id must be letters, digits or _, got {run_id!r}")
+        self._client: bigquery.Client | None = None
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    @property
+    def client(self) -> bigquery.Client:
+        if self._client is None:
+            self._client = self._client_factory(self.project)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def is_transient(self, error: BaseException) -> bool:
+        return _is_transient(error)
+
+    def _job_scope(self) -> str:
+        # Job ids are project-wide: the destination is part of them, so two datasets never
+        # share (and re-attach to) each other's jobs.
+        return f"{self.project}.{self.dataset}|{self.staging_project}.{self.staging_dataset}"
+
+    def table_ref(self, table: Table | str) -> str:
+        name = validate_identifier(table if isinstance(table, str) else table.name)
+        return f"`{self.project}.{self.dataset}.{name}`"
+
+    def _staging_ref(self, name: str) -> str:
+        return f"`{self.staging_project}.{self.staging_dataset}.{validate_identifier(name)}`"
+
+    def _run_job(
+        self,
+        start: Callable[[str], bigquery.job.QueryJob | bigquery.job.LoadJob],
+        job_id: str | None,
+    ) -> Any:
+        """Run a job; with a ``job_id``, re-attach to an earlier job of that id instead of
+        running it twice, and after a failed one try the next attempt id."""
+        if job_id is None:
+            return self._wait(start(f"eo_read_{uuid.uuid4().hex}"))
+        attempt = 0
+        while True:
+            attempt_id = f"{job_id}_{attempt}"
+            job: Any
+            try:
+                job = start(attempt_id)
+            except api_exceptions.Conflict:
+                job = self.client.get_job(attempt_id, location=self.location)
+                if job.error_result:
+                    attempt += 1
+                    continue
+            return self._wait(job)
+
+    def _earlier_job(self, job_id: str) -> Any | None:
+        """The successful job a previous attempt of this batch ran under ``job_id``, if any."""
+        attempt = 0
+        while True:
+            try:
+                job = self.client.get_job(f"{job_id}_{attempt}", location=self.location)
+            except api_exceptions.NotFound:
+                return None
+            if not job.error_result:
+                return self._wait(job)
+            attempt += 1
+
+    @staticmethod
+    def _wait(job: Any) -> Any:
+        try:
+            job.result()
+        except api_exceptions.GoogleAPICallError as error:
+            raise BigQueryBatchError(
+                f"BigQuery job {job.job_id} failed: {error}", _is_transient(error)
+            ) from error
+        return job
+
+    def _query(
+        self,
+        sql: str,
+        params: Sequence[bigquery.ScalarQueryParameter | bigquery.ArrayQueryParameter],
+        job_id: str | None = None,
+    ) -> bigquery.job.QueryJob:
+        config = bigquery.QueryJobConfig(query_parameters=list(params))
+        return self._run_job(
+            lambda attempt_id: self.client.query(
+                sql, job_config=config, job_id=attempt_id, job_retry=None, location=self.location
+            ),
+            job_id,
+        )
+
+    def _load(self, table: str, schema: list[dict[str, str]], rows: list[dict[str, Any]],
+              job_id: str) -> None:  # fmt: skip
+        config = bigquery.LoadJobConfig(
+            schema=[bigquery.SchemaField.from_api_repr(field) for field in schema],
+            write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+            source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
+        )
+        destination = f"{self.staging_project}.{self.staging_dataset}.{table}"
+        self._run_job(
+            lambda attempt_id: self.client.load_table_from_json(
+                rows, destination, job_config=config, job_id=attempt_id, location=self.location
+            ),
+            job_id,
+        )
+
+    # --- tables -------------------------------------------------------------------------------
+
+    def create_tables(self) -> None:
+        dataset = bigquery.Dataset(f"{self.project}.{self.dataset}")
+        dataset.location = self.location
+        self.client.create_dataset(dataset, exists_ok=True)
+        staging = bigquery.Dataset(f"{self.staging_project}.{self.staging_dataset}")
+        staging.location = self.location
+        staging.default_table_expiration_ms = int(STAGING_TABLE_EXPIRATION.total_seconds() * 1000)
+        self.client.create_dataset(staging, exists_ok=True)
+        for spec in ALL_TABLES:
+            table = bigquery.Table(
+                f"{self.project}.{self.dataset}.{spec.name}",
+                schema=[bigquery.SchemaField.from_api_repr(f) for f in bigquery_schema(spec)],
+            )
+            table.description = spec.description
+            if spec.partitioned:
+                table.time_partitioning = bigquery.TimePartitioning(
+                    type_=bigquery.TimePartitioningType.DAY, field=spec.time_column
+                )
+            if spec.clustering:
+                table.clustering_fields = list(spec.clustering)
+            self.client.create_table(table, exists_ok=True)
+
+    # --- events -------------------------------------------------------------------------------
+
+    def merge_events(self, batch: Sequence[LedgerCandidate]) -> MergeOutcome:
+        prepared = ledger_rules.prepare(batch)
+        if not prepared.candidates:
+            return MergeOutcome()
+        with self._slots:
+            return self._merge_events(prepared)
+
+    def _merge_events(self, prepared: ledger_rules.PreparedBatch) -> MergeOutcome:
+        candidates = prepared.candidates
+        digest = batch_digest(candidates, scope=self._job_scope())
+        job = f"eo_{self.run_id}_{digest}"
+        stage = f"stage_events_{digest}"
+        self._load(stage, _STAGE_SCHEMA, [_stage_row(c) for c in candidates], f"{job}_stage")
+        ids = sorted({c.event.event_id for c in candidates})
+        held = self._ledger_versions(ids)
+        absent = sorted({c.event.event_id for c in candidates if c.primary} - held.keys())
+        times = [c.event.event_time for c in candidates]
+        inserted = 0
+        earlier = self._earlier_job(f"{job}_ledger")
+        if earlier is not None:
+            # A retried bundle: its ledger MERGE ran before the failure. Use that job's result
+            # rather than running it again (the rows it inserted are why nothing is absent now).
+            inserted = int(earlier.num_dml_affected_rows or 0)
+        elif absent:
+            merge = self._query(
+                self.ledger_merge_sql(stage),
+                [
+                    _array("absent", "STRING", absent),
+                    _ts("lo", min(times)),
+                    _ts("hi", max(times)),
+                    _ts("now", dt.datetime.now(dt.UTC)),
+                ],
+                job_id=f"{job}_ledger",
+            )
+            inserted = int(merge.num_dml_affected_rows or 0)
+        held, repaired = self._verified_ledger(ids)
+        judgement = ledger_rules.judge(candidates, held)
+        dead_letters = self._insert_dead_letters(
+            [*judgement.conflicts, *repaired.dead_letters], f"{job}_dl"
+        )
+        transactions = self._merge_transactions(candidates, held, repaired, f"{job}_tx")
+        windows = self._merge_totals(candidates, repaired.windows, f"{job}_totals")
+        self.client.delete_table(
+            f"{self.staging_project}.{self.staging_dataset}.{stage}", not_found_ok=True
+        )
+        return MergeOutcome(
+            inserted=inserted,
+            duplicates=judgement.landed - inserted + prepared.copies_removed,
+            conflicts=len(judgement.conflicts),
+            transactions_upserted=transactions,
+            windows_upserted=windows,
+            dead_letters_inserted=dead_letters,
+            used_fallback=bool(repaired.dead_letters),
+        )
+
+    def ledger_merge_sql(self, stage: str) -> str:
+        cols = ", ".join(_EVENT_COLUMNS)
+        return f"""
+            MERGE {self.table_ref(TRANSACTION_EVENTS)} AS T
+            USING (
+                SELECT {cols} FROM {self._staging_ref(stage)}
+                WHERE is_primary AND event_id IN UNNEST(@absent)
+            ) AS S
+            ON T.event_id = S.event_id AND T.event_time BETWEEN @lo AND @hi
+            WHEN NOT MATCHED THEN INSERT ({cols}, ingested_at)
+                VALUES ({", ".join("S." + c for c in _EVENT_COLUMNS)}, @now)
+        """
+
+    def versions_sql(self) -> str:
+        return f"""
+            SELECT {", ".join(_EVENT_COLUMNS)}, ingested_at
+            FROM {self.table_ref(TRANSACTION_EVENTS)}
+            WHERE event_id IN UNNEST(@ids)
+        """
+
+    def _ledger_rows(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        rows = self._query(self.versions_sql(), [_array("ids", "STRING", ids)]).result()
+        return [dict(row.items()) for row in rows]
+
+    def _ledger_versions(self, ids: Sequence[str]) -> dict[str, Event]:
+        return {r["event_id"]: _event(r) for r in self._ledger_rows(ids)}
+
+    def _verified_ledger(self, ids: Sequence[str]) -> tuple[dict[str, Event], _Repair]:
+        """The ledger's version per id, after removing second rows left by a concurrent race."""
+        rows = self._ledger_rows(ids)
+        by_id: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_id.setdefault(row["event_id"], []).append(row)
+        repair = _Repair()
+        for event_id, copies in by_id.items():
+            if len(copies) < 2:
+                continue
+            copies.sort(key=lambda r: (r["ingested_at"], _event(r).to_json()))
+            keep, extra = copies[0], copies[1:]
+            kept = _event(keep)
+            self._query(
+                self.delete_extra_versions_sql(),
+                [
+                    _scalar("event_id", "STRING", event_id),
+                    _ts("k_ingested_at", keep["ingested_at"]),
+                    _scalar("k_transaction_id", "STRING", kept.transaction_id),
+                    _scalar("k_account_id", "STRING", kept.account_id),
+                    _scalar("k_amount", "NUMERIC", kept.amount),
+                    _scalar("k_currency", "STRING", kept.currency),
+                    _scalar("k_status", "STRING", kept.status),
+                    _ts("k_event_time", kept.event_time),
+                ],
+            )
+            for row in extra:
+                removed = _event(row)
+                repair.dead_letters.append(conflict_dead_letter(removed, _event(keep)))
+                repair.transaction_ids.add(removed.transaction_id)
+                repair.windows.add((removed.account_id, removed.currency, removed.event_time))
+            by_id[event_id] = [keep]
+        return {event_id: _event(copies[0]) for event_id, copies in by_id.items()}, repair
+
+    def delete_extra_versions_sql(self) -> str:
+        # Keyed by event_id (clustered); runs only after a race, which is rare.
+        return f"""
+            DELETE FROM {self.table_ref(TRANSACTION_EVENTS)}
+            WHERE event_id = @event_id
+              AND NOT (ingested_at = @k_ingested_at AND transaction_id = @k_transaction_id
+                       AND account_id = @k_account_id AND amount = @k_amount
+                       AND currency = @k_currency AND status = @k_status
+                       AND event_time = @k_event_time)
+        """
+
+    # --- transactions -------------------------------------------------------------------------
+
+    def _merge_transactions(
+        self, candidates: Sequence[LedgerCandidate], held: dict[str, Event], repaired: _Repair,
+        job: str,
+    ) -> int:  # fmt: skip
+        tids = sorted(
+            {c.event.transaction_id for c in candidates}
+            | {event.transaction_id for event in held.values()}
+            | repaired.transaction_ids
+        )
+        if repaired.transaction_ids:
+            # Their rows may hold a version the repair removed: rebuild them from the ledger.
+            self._query(
+                f"""DELETE FROM {self.table_ref(TRANSACTIONS)}
+                    WHERE transaction_id IN UNNEST(@tids)""",
+                [_array("tids", "STRING", sorted(repaired.transaction_ids))],
+            )
+        existing = self._query(
+            f"""SELECT event_time FROM {self.table_ref(TRANSACTIONS)}
+                WHERE transaction_id IN UNNEST(@tids)""",
+            [_array("tids", "STRING", tids)],
+        ).result()
+        # The target range covers the batch and wherever its transactions' rows already are, so
+        # the restricted MERGE finds an existing row instead of inserting a second one.
+        times = [c.event.event_time for c in candidates] + [row["event_time"] for row in existing]
+        merged = self._query(
+            self.transactions_merge_sql(),
+            [
+                _array("tids", "STRING", tids),
+                _ts("lo", min(times)),
+                _ts("hi", max(times)),
+                _ts("now", dt.datetime.now(dt.UTC)),
+            ],
+            job_id=job,
+        )
+        self._repair_transactions(tids)
+        return int(merged.num_dml_affected_rows or 0)
+
+    def transactions_merge_sql(self) -> str:
+        fields = ("account_id", "amount", "currency", "status", "event_time", "event_id")
+        return f"""
+            MERGE {self.table_ref(TRANSACTIONS)} AS T
+            USING (
+                SELECT transaction_id, {", ".join(fields)}
+                FROM {self.table_ref(TRANSACTION_EVENTS)}
+                WHERE transaction_id IN UNNEST(@tids)
+                QUALIFY ROW_NUMBER() OVER (
+                    PARTITION BY transaction_id ORDER BY event_time DESC, event_id DESC) = 1
+            ) AS S
+            ON T.transaction_id = S.transaction_id AND T.event_time BETWEEN @lo AND @hi
+            WHEN MATCHED AND (S.event_time > T.event_time
+                              OR (S.event_time = T.event_time AND S.event_id > T.event_id))
+                THEN UPDATE SET {", ".join(f"{f} = S.{f}" for f in fields)}, updated_at = @now
+            WHEN NOT MATCHED THEN INSERT (transaction_id, {", ".join(fields)}, updated_at)
+                VALUES (S.transaction_id, {", ".join("S." + f for f in fields)}, @now)
+        """
+
+    def _repair_transactions(self, tids: Sequence[str]) -> None:
+        """Remove second rows of a transaction that a concurrent batch may have inserted into
+        another partition; the newest row (the rule of the table) stays."""
+        duplicated = [
+            row["transaction_id"]
+            for row in self._query(
+                f"""SELECT transaction_id FROM {self.table_ref(TRANSACTIONS)}
+                    WHERE transaction_id IN UNNEST(@tids)
+                    GROUP BY transaction_id HAVING COUNT(*) > 1""",
+                [_array("tids", "STRING", tids)],
+            ).result()
+        ]
+        if duplicated:
+            self._query(
+                f"""DELETE FROM {self.table_ref(TRANSACTIONS)} AS T
+                    WHERE transaction_id IN UNNEST(@dups)
+                      AND STRUCT(event_time, event_id) != (
+                        SELECT AS STRUCT event_time, event_id
+                        FROM {self.table_ref(TRANSACTIONS)} AS N
+                        WHERE N.transaction_id = T.transaction_id
+                        ORDER BY event_time DESC, event_id DESC LIMIT 1)""",
+                [_array("dups", "STRING", duplicated)],
+            )
+
+    # --- window totals ------------------------------------------------------------------------
+
+    def _merge_totals(
+        self,
+        candidates: Sequence[LedgerCandidate],
+        repaired: set[tuple[str, str, dt.datetime]],
+        job: str,
+    ) -> int:
+        windows = {(c.event.account_id, c.event.currency, c.window_start, c.window_end)
+                   for c in candidates}  # fmt: skip
+        size = candidates[0].window_end - candidates[0].window_start
+        for account_id, currency, at in repaired:
+            start = at - (at - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) % size
+            windows.add((account_id, currency, start, start + size))
+        keys = sorted(windows)
+        sums = self._query(
+            self.window_sums_sql(),
+            [
+                _windows_param(keys),
+                _ts("wlo", min(w[2] for w in keys)),
+                _ts("whi", max(w[3] for w in keys)),
+            ],
+        ).result()
+        totals = []
+        for row in sums:
+            total = exact_total((row["high"], row["middle"], row["low"]), row["nanos"])
+            totals.append(
+                bigquery.StructQueryParameter(
+                    None,
+                    _scalar("account_id", "STRING", row["account_id"]),
+                    _scalar("currency", "STRING", row["currency"]),
+                    _ts("window_start", row["window_start"]),
+                    _ts("window_end", row["window_end"]),
+                    _scalar("event_count", "INT64", row["event_count"]),
+                    _scalar("total_amount", "NUMERIC", total),
+                    _scalar("total_overflow", "BOOL", total is None),
+                )
+            )
+        merged = self._query(
+            self.totals_merge_sql(),
+            [
+                bigquery.ArrayQueryParameter("totals", "STRUCT", totals),
+                _ts("wlo", min(w[2] for w in keys)),
+                _ts("whi", max(w[3] for w in keys)),
+                _ts("now", dt.datetime.now(dt.UTC)),
+            ],
+            job_id=job,
+        )
+        return int(merged.num_dml_affected_rows or 0)
+
+    def window_sums_sql(self) -> str:
+        # The sum of NUMERIC(38, 9) amounts may not fit NUMERIC and BigQuery's SUM would then fail
+        # the batch for good. So each amount is split into integer parts that INT64 sums cannot
+        # overflow (ten digits each, and nanos), combined exactly in Python; a total that does
+        # not fit is stored as NULL with total_overflow = TRUE.
+        return f"""
+            WITH w AS (
+                SELECT r.account_id, r.currency, r.window_start, r.window_end
+                FROM UNNEST(@windows) AS r
+            ),
+            parts AS (
+                SELECT w.account_id, w.currency, w.window_start, w.window_end, l.event_id,
+                       CAST(SIGN(l.amount) AS INT64) AS sign,
+                       LPAD(CAST(ABS(TRUNC(l.amount)) AS STRING), 30, '0') AS digits,
+                       CAST((l.amount - TRUNC(l.amount)) * 1000000000 AS INT64) AS nanos
+                FROM w LEFT JOIN {self.table_ref(TRANSACTION_EVENTS)} AS l
+                  ON l.account_id = w.account_id AND l.currency = w.currency
+                 AND l.event_time >= w.window_start AND l.event_time < w.window_end
+                 AND l.event_time >= @wlo AND l.event_time < @whi
+            )
+            SELECT account_id, currency, window_start, window_end,
+                   COUNT(event_id) AS event_count,
+                   COALESCE(SUM(sign * CAST(SUBSTR(digits, 1, 10) AS INT64)), 0) AS high,
+                   COALESCE(SUM(sign * CAST(SUBSTR(digits, 11, 10) AS INT64)), 0) AS middle,
+                   COALESCE(SUM(sign * CAST(SUBSTR(digits, 21, 10) AS INT64)), 0) AS low,
+                   COALESCE(SUM(nanos), 0) AS nanos
+            FROM parts
+            GROUP BY account_id, currency, window_start, window_end
+        """
+
+    def totals_merge_sql(self) -> str:
+        return f"""
+            MERGE {self.table_ref(ACCOUNT_WINDOW_TOTALS)} AS T
+            USING (
+                SELECT r.account_id, r.currency, r.window_start, r.window_end, r.event_count,
+                       r.total_amount, r.total_overflow
+                FROM UNNEST(@totals) AS r
+            ) AS S
+            ON T.account_id = S.account_id AND T.currency = S.currency
+               AND T.window_start = S.window_start AND T.window_start BETWEEN @wlo AND @whi
+            WHEN MATCHED AND (T.event_count != S.event_count
+                              OR T.total_amount IS DISTINCT FROM S.total_amount
+                              OR T.window_end != S.window_end)
+                THEN UPDATE SET window_end = S.window_end, event_count = S.event_count,
+                                total_amount = S.total_amount,
+                                total_overflow = S.total_overflow, updated_at = @now
+            WHEN NOT MATCHED AND S.event_count > 0 THEN INSERT
+                (account_id, currency, window_start, window_end, event_count, total_amount,
+                 total_overflow, updated_at)
+                VALUES (S.account_id, S.currency, S.window_start, S.window_end, S.event_count,
+                        S.total_amount, S.total_overflow, @now)
+        """
+
+    # --- dead letters -------------------------------------------------------------------------
+
+    def merge_dead_letters(self, rows: Sequence[DeadLetter]) -> int:
+        if not rows:
+            return 0
+        unique = ledger_rules.unique_dead_letters(rows)
+        digest = hashlib.sha256(
+            "\n".join([self._job_scope(), *sorted(r.dead_letter_id for r in unique)]).encode()
+        )
+        with self._slots:
+            return self._insert_dead_letters(
+                unique, f"eo_{self.run_id}_dl_{digest.hexdigest()[:32]}"
+            )
+
+    def _insert_dead_letters(self, rows: Sequence[DeadLetter], job: str) -> int:
+        unique = ledger_rules.unique_dead_letters(rows)
+        if not unique:
+            return 0
+        ids = [r.dead_letter_id for r in unique]
+        present = {
+            row["dead_letter_id"]
+            for row in self._query(
+                f"""SELECT dead_letter_id FROM {self.table_ref(DEAD_LETTERS)}
+                    WHERE dead_letter_id IN UNNEST(@ids)""",
+                [_array("ids", "STRING", ids)],
+            ).result()
+        }
+        new = [r for r in unique if r.dead_letter_id not in present]
+        if not new:
+            return 0
+        stage = f"stage_{job}"
+        self._load(stage, bigquery_schema(DEAD_LETTERS), [_dead_letter_row(r) for r in new],
+                   f"{job}_stage")  # fmt: skip
+        arrivals = [r.arrival_time for r in new]
+        merged = self._query(
+            self.dead_letters_merge_sql(stage),
+            [_ts("lo", min(arrivals)), _ts("hi", max(arrivals))],
+            job_id=f"{job}_merge",
+        )
+        self.client.delete_table(
+            f"{self.staging_project}.{self.staging_dataset}.{stage}", not_found_ok=True
+        )
+        return int(merged.num_dml_affected_rows or 0)
+
+    def dead_letters_merge_sql(self, stage: str) -> str:
+        # Ids already present anywhere were excluded from the stage by a clustered lookup, so
+        # restricting the target to the stage's arrival range cannot add a second row.
+        cols = DEAD_LETTERS.column_names
+        return f"""
+            MERGE {self.table_ref(DEAD_LETTERS)} AS T
+            USING {self._staging_ref(stage)} AS S
+            ON T.dead_letter_id = S.dead_letter_id AND T.arrival_time BETWEEN @lo AND @hi
+            WHEN NOT MATCHED THEN INSERT ({", ".join(cols)})
+                VALUES ({", ".join("S." + c for c in cols)})
+        """
+
+    # --- replay checkpoints -------------------------------------------------------------------
+
+    def read_checkpoint(self, source: str) -> dt.datetime | None:
+        rows = list(
+            self._query(
+                f"SELECT replay_from FROM {self.table_ref(INGEST_CHECKPOINTS)}"
+                " WHERE source = @source",
+                [_scalar("source", "STRING", source)],
+            ).result()
+        )
+        return rows[0]["replay_from"] if rows else None
+
+    def write_checkpoint(self, source: str, replay_from: dt.datetime) -> None:
+        self._query(
+            f"""MERGE {self.table_ref(INGEST_CHECKPOINTS)} AS T
+                USING (SELECT @source AS source, @replay_from AS replay_from) AS S
+                ON T.source = S.source
+                WHEN MATCHED THEN UPDATE SET replay_from = S.replay_from, updated_at = @now
+                WHEN NOT MATCHED THEN INSERT (source, replay_from, updated_at)
+                    VALUES (S.source, S.replay_from, @now)""",
+            [
+                _scalar("source", "STRING", source),
+                _ts("replay_from", replay_from),
+                _ts("now", dt.datetime.now(dt.UTC)),
+            ],
+        )
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def fetch_rows(self, table: str) -> list[dict[str, Any]]:
+        spec = next((t for t in ALL_TABLES if t.name == validate_identifier(table)), None)
+        if spec is None:
+            raise ValueError(f"unknown table {table!r}")
+        rows = self._query(
+            f"SELECT * FROM {self.table_ref(spec)} ORDER BY {', '.join(spec.key)}", []
+        ).result()
+        return [_normalise(spec, dict(row.items())) for row in rows]
+
+
+class _Repair:
+    """What a verification removed, so dead letters and recomputations follow."""
+
+    def __init__(self) -> None:
+        self.dead_letters: list[DeadLetter] = []
+        self.transaction_ids: set[str] = set()
+        self.windows: set[tuple[str, str, dt.datetime]] = set()
+
+
+_STAGE_SCHEMA = [
+    *(f for f in bigquery_schema(TRANSACTION_EVENTS) if f["name"] in _EVENT_COLUMNS),
+    {"name": "is_primary", "type": "BOOLEAN", "mode": "REQUIRED", "description": ""},
+    {"name": "window_start", "type": "TIMESTAMP", "mode": "REQUIRED", "description": ""},
+    {"name": "window_end", "type": "TIMESTAMP", "mode": "REQUIRED", "description": ""},
+]
+
+
+def _stage_row(candidate: LedgerCandidate) -> dict[str, Any]:
+    return _json_row(
+        {
+            **candidate.event._asdict(),
+            "is_primary": candidate.primary,
+            "window_start": candidate.window_start,
+            "window_end": candidate.window_end,
+        }
+    )
+
+
+def _dead_letter_row(row: DeadLetter) -> dict[str, Any]:
+    values = row._asdict()
+    if values["attributes"] is not None:
+        values["attributes"] = json.loads(values["attributes"])
+    return _json_row(values)
+
+
+def _event(row: dict[str, Any]) -> Event:
+    return Event(*(row[name] for name in _EVENT_COLUMNS))
+
+
+def _normalise(spec: Table, row: dict[str, Any]) -> dict[str, Any]:
+    """Rows as DuckDB returns them: JSON columns as text, so both warehouses compare equal."""
+    for column in spec.columns:
+        if column.type == "JSON" and row.get(column.name) is not None:
+            row[column.name] = json.dumps(row[column.name], sort_keys=True)
+    return row
+
+
+def _scalar(name: str | None, kind: str, value: Any) -> bigquery.ScalarQueryParameter:
+    return bigquery.ScalarQueryParameter(name, kind, value)
+
+
+def _ts(name: str, value: dt.datetime) -> bigquery.ScalarQueryParameter:
+    return bigquery.ScalarQueryParameter(name, "TIMESTAMP", value)
+
+
+def _array(name: str, kind: str, values: Sequence[Any]) -> bigquery.ArrayQueryParameter:
+    return bigquery.ArrayQueryParameter(name, kind, list(values))
+
+
+def _windows_param(
+    keys: Sequence[tuple[str, str, dt.datetime, dt.datetime]],
+) -> bigquery.ArrayQueryParameter:
+    return bigquery.ArrayQueryParameter(
+        "windows",
+        "STRUCT",
+        [
+            bigquery.StructQueryParameter(
+                None,
+                _scalar("account_id", "STRING", account_id),
+                _scalar("currency", "STRING", currency),
+                _ts("window_start", start),
+                _ts("window_end", end),
+            )
+            for account_id, currency, start, end in keys
+        ],
+    )
