@@ -67,8 +67,11 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 # Two workers: the suite waits mostly on emulators and the DirectRunner, one process each.
-test: lint bq-emulator
+test: lint bq-emulator tf-tools
 	$(PY) -m pytest -n 2
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
+
+# Dataflow Flex Template (image, template, launch, launch-batch) and Terraform checks.
+include make/dataflow.mk
