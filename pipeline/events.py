@@ -303,7 +303,7 @@ def _parse_amount(value: Any) -> Decimal:
         amount = Decimal(value)
     except InvalidOperation:  # unreachable after the regex; kept as a guard, not a crash
         raise ContractViolation("amount", f"{_clip(value)!r} is not a decimal") from None
-    if abs(amount) >= NUMERIC_LIMIT:
+    if amount.copy_abs() >= NUMERIC_LIMIT:  # copy_abs: abs() would round to 28 digits
         raise ContractViolation("amount", f"more than {AMOUNT_INTEGER_DIGITS} integer digits")
     # Quantising to the warehouse scale is exact here (at most 9 fraction digits) and gives equal
     # values one representation: 10.5 and 10.50 both become 10.500000000.

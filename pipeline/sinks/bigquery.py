@@ -168,7 +168,7 @@ def exact_total(parts: Sequence[int], nanos: int) -> Decimal | None:
         ),
         MONEY_CONTEXT.add(Decimal(low), Decimal(nanos).scaleb(-AMOUNT_SCALE)),
     )
-    return total if abs(total) < NUMERIC_LIMIT else None
+    return total if total.copy_abs() < NUMERIC_LIMIT else None
 
 
 class BigQueryWarehouse(Warehouse):

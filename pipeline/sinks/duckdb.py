@@ -104,7 +104,7 @@ _STAGE_TOTALS_SCHEMA = pa.schema(
 def exact_total(whole_units: int, nanos: int) -> Decimal | None:
     """The exact window total from its integer parts, or None when it does not fit NUMERIC."""
     total = MONEY_CONTEXT.add(Decimal(whole_units), Decimal(nanos).scaleb(-AMOUNT_SCALE))
-    return total if abs(total) < NUMERIC_LIMIT else None
+    return total if total.copy_abs() < NUMERIC_LIMIT else None
 
 
 # DuckDB caches one database instance per file per process; connections to it from several

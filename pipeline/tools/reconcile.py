@@ -84,7 +84,9 @@ def expected_totals(ledger: Iterable[Row], size_seconds: int) -> dict[WindowKey,
         _, count, total = sums.get(key, (end, 0, Decimal(0)))
         sums[key] = (end, count + 1, MONEY_CONTEXT.add(total, row["amount"]))
     return {
-        key: (end, count, total, False) if abs(total) < NUMERIC_LIMIT else (end, count, None, True)
+        key: (end, count, total, False)
+        if total.copy_abs() < NUMERIC_LIMIT
+        else (end, count, None, True)
         for key, (end, count, total) in sums.items()
     }
 
