@@ -20,7 +20,7 @@ import duckdb
 from pipeline.dead_letters import DeadLetter
 from pipeline.events import LedgerCandidate
 from pipeline.sinks.duckdb import DuckDBWarehouse
-from pipeline.sinks.warehouse import MergeOutcome, Warehouse
+from pipeline.sinks.warehouse import MergeOutcome, Warehouse, WarehouseFactory
 
 
 class InjectedFault(Exception):
@@ -119,24 +119,71 @@ class FaultyWarehouse(Warehouse):
 
 @dataclass(frozen=True)
 class FaultyWarehouseFactory:
-    path: str
+    """A real warehouse (DuckDB file or BigQuery emulator dataset) with planned faults: at the
+    interface (``before_merge``, ``after_merge``, ``dead_letters_before``) and inside a batch,
+    through the client seams (``after_staging``: the staged batch exists, its ledger MERGE
+    fails with the warehouse's own contention error)."""
+
+    inner: WarehouseFactory
     plan: FaultPlan
     transient: bool = True
 
     def __call__(self) -> Warehouse:
-        return FaultyWarehouse(DuckDBWarehouse(self.path), self.plan, self.transient)
+        return FaultyWarehouse(self._seamed(), self.plan, self.transient)
+
+    def _seamed(self) -> Warehouse:
+        from tests.warehouses import EmulatorClient, EmulatorWarehouse
+
+        if isinstance(self.inner, EmulatorWarehouse):
+            from pipeline.sinks.bigquery import BigQueryWarehouse
+
+            endpoint, plan = self.inner.endpoint, self.plan
+
+            def client(project: str) -> Any:
+                return RecordingBigQueryClient(EmulatorClient(endpoint)(project), plan, [])
+
+            return BigQueryWarehouse(
+                self.inner.project,
+                self.inner.dataset,
+                client_factory=client,
+                run_id=self.inner.run_id,
+            )
+        path = self.inner.args[0]  # type: ignore[attr-defined]  # functools.partial(DuckDB, path)
+        return DuckDBWarehouse(path, connect=PlannedConnect(self.plan))
+
+
+@dataclass(frozen=True)
+class PlannedConnect:
+    """``duckdb.connect`` whose connection fails the ledger MERGE when ``after_staging`` is
+    planned, with DuckDB's own transaction-conflict error (transient, so the sink retries)."""
+
+    plan: FaultPlan
+
+    def __call__(self, path: str) -> Any:
+        plan = self.plan
+
+        def fails(sql: str) -> bool:
+            return "MERGE INTO transaction_events" in sql and plan.take("after_staging")
+
+        return FaultyConnection(duckdb.connect(path), fails, duckdb.TransactionException)
 
 
 class FaultyConnection:
     """A real DuckDB connection that raises on the statements ``fails(sql)`` picks."""
 
-    def __init__(self, inner: duckdb.DuckDBPyConnection, fails: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        inner: duckdb.DuckDBPyConnection,
+        fails: Callable[[str], bool],
+        error: type[Exception] = InjectedFault,
+    ) -> None:
         self._inner = inner
         self._fails = fails
+        self._error = error
 
     def execute(self, sql: str, *args: Any, **kwargs: Any) -> Any:
         if self._fails(sql):
-            raise InjectedFault(sql.strip().split("\n")[0])
+            raise self._error(f"injected: {sql.strip().splitlines()[0]}")
         return self._inner.execute(sql, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -160,7 +207,9 @@ class RecordingBigQueryClient:
 
         self.statements.append(sql)
         step = (job_id or "").rsplit("_", 1)[0].rsplit("_", 1)[-1]
-        if self._plan.take(f"conflict:{step}"):
+        if self._plan.take(f"conflict:{step}") or (
+            step == "ledger" and self._plan.take("after_staging")
+        ):
             raise exceptions.BadRequest(
                 "Could not serialize access to table due to concurrent update"
             )

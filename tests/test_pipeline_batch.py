@@ -12,7 +12,6 @@ from pipeline import metrics
 from pipeline.sinks.warehouse import WarehouseFactory
 from pipeline.tools.generate import GeneratorConfig, generate
 from pipeline.tools.reconcile import Report, Truth, check_invariants, check_truth, fetch_tables
-from tests.faults import FaultPlan, FaultyWarehouseFactory
 from tests.helpers import read_tables, run_lines
 from tests.warehouses import EmulatorWarehouse, duckdb_factory
 
@@ -151,51 +150,3 @@ def test_stateful_dedup_with_conflicts_reconciles(tmp_path: Path) -> None:
     factory = duckdb_factory(str(tmp_path / "stateful.duckdb"))
     _accounting_holds(run_lines(lines, factory, dedup_strategy="stateful"))
     assert _reconcile(factory, truth) == []
-
-
-@pytest.mark.parametrize("fault", ["before_merge", "after_merge", "dead_letters_before"])
-def test_transient_sink_failures_are_retried_in_place(
-    dataset: tuple[list[bytes], Truth], tmp_path: Path, fault: str
-) -> None:
-    lines, truth = dataset
-    clean = duckdb_factory(str(tmp_path / "clean.duckdb"))
-    run_lines(lines, clean)
-
-    plan = FaultPlan(str(tmp_path / "faults.json")).arm(fault, times=3)
-    faulty = FaultyWarehouseFactory(str(tmp_path / "faulty.duckdb"), plan)
-    summary = run_lines(lines, faulty)
-    assert plan.fired(fault) == 3
-    assert summary.get(metrics.MERGE_RETRIES) == 3
-    assert read_tables(faulty) == read_tables(clean)
-    assert _reconcile(faulty, truth) == []
-
-
-def test_a_sink_that_fails_after_commit_fails_loudly_and_a_rerun_is_exact(
-    dataset: tuple[list[bytes], Truth], tmp_path: Path
-) -> None:
-    lines, truth = dataset
-    clean = duckdb_factory(str(tmp_path / "clean.duckdb"))
-    run_lines(lines, clean)
-
-    path = str(tmp_path / "crashed.duckdb")
-    plan = FaultPlan(str(tmp_path / "faults.json")).arm("after_merge", times=1)
-    with pytest.raises(Exception, match="after_merge"):
-        run_lines(lines, FaultyWarehouseFactory(path, plan, transient=False))
-    assert plan.fired("after_merge") == 1
-    partial = read_tables(duckdb_factory(path))
-    assert 0 < len(partial["transaction_events"]) < len(truth.versions)  # a batch did commit
-
-    run_lines(lines, duckdb_factory(path))  # the operator runs the same command again
-    assert read_tables(duckdb_factory(path)) == read_tables(clean)
-
-
-def test_retries_are_bounded_then_the_failure_is_loud(
-    dataset: tuple[list[bytes], Truth], tmp_path: Path
-) -> None:
-    lines, _ = dataset
-    plan = FaultPlan(str(tmp_path / "faults.json")).arm("before_merge", times=1000)
-    factory = FaultyWarehouseFactory(str(tmp_path / "down.duckdb"), plan)
-    with pytest.raises(Exception, match="before_merge"):
-        run_lines(lines[:50], factory, merge_retries=2)
-    assert plan.fired("before_merge") == 3  # the first try and two retries
-    assert read_tables(duckdb_factory(str(tmp_path / "down.duckdb")))["transaction_events"] == []

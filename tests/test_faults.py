@@ -1,0 +1,115 @@
+"""Injected faults, on each warehouse, end with tables equal to the ground truth: a failure before
+staging, after staging, after the MERGE committed but before the bundle completed, a warehouse
+unreachable for a while (retried with backoff, then a loud failure), and a batch process killed
+with SIGKILL mid-run and started again. Faults go through seams around the real clients."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import metrics
+from pipeline.sinks.warehouse import WarehouseFactory
+from pipeline.tools.generate import GeneratorConfig, generate, write
+from pipeline.tools.reconcile import Report, Truth, check_invariants, check_truth, fetch_tables
+from tests.faults import FaultPlan, FaultyWarehouseFactory
+from tests.helpers import read_tables, run_lines
+from tests.warehouses import another_run, duckdb_factory
+
+FAULTS = ["before_merge", "after_staging", "after_merge", "dead_letters_before"]
+
+
+@pytest.fixture(scope="module")
+def dataset() -> tuple[list[bytes], Truth]:
+    config = GeneratorConfig(events=400, seed=31, files=1, accounts=30, span_hours=2)
+    lines, truth = generate(config)
+    return [line.payload for line in lines], Truth(truth.versions, truth.malformed, len(lines))
+
+
+def _exact(factory: WarehouseFactory, truth: Truth) -> list[str]:
+    warehouse = factory()
+    try:
+        report = Report()
+        tables = fetch_tables(warehouse)
+        check_invariants(tables, report)
+        check_truth(tables, truth, report)
+        return report.problems
+    finally:
+        warehouse.close()
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_transient_faults_are_retried_in_place_and_end_exact(
+    dataset: tuple[list[bytes], Truth], warehouse: WarehouseFactory, tmp_path: Path, fault: str
+) -> None:
+    lines, truth = dataset
+    plan = FaultPlan(str(tmp_path / "faults.json")).arm(fault, times=2)
+    summary = run_lines(lines, FaultyWarehouseFactory(warehouse, plan))
+    assert plan.fired(fault) == 2
+    assert summary.get(metrics.MERGE_RETRIES) >= 2
+    assert _exact(warehouse, truth) == []
+
+
+def test_a_failure_after_commit_fails_loudly_and_the_same_run_again_is_exact(
+    dataset: tuple[list[bytes], Truth], warehouse: WarehouseFactory, tmp_path: Path
+) -> None:
+    lines, truth = dataset
+    plan = FaultPlan(str(tmp_path / "faults.json")).arm("after_merge", times=1)
+    with pytest.raises(Exception, match="after_merge"):
+        run_lines(lines, FaultyWarehouseFactory(warehouse, plan, transient=False))
+    assert plan.fired("after_merge") == 1
+    assert read_tables(warehouse)["transaction_events"], "the failing batch had committed"
+    run_lines(lines, warehouse)  # the operator runs the same command again
+    assert _exact(warehouse, truth) == []
+
+
+def test_an_unreachable_warehouse_is_retried_then_fails_loudly_then_recovers(
+    dataset: tuple[list[bytes], Truth], warehouse: WarehouseFactory, tmp_path: Path
+) -> None:
+    lines, truth = dataset
+    plan = FaultPlan(str(tmp_path / "faults.json")).arm("before_merge", times=1000)
+    with pytest.raises(Exception, match="before_merge"):
+        run_lines(lines, FaultyWarehouseFactory(warehouse, plan), merge_retries=2)
+    assert plan.fired("before_merge") == 3  # the first try and two retries, with backoff
+    assert read_tables(warehouse)["transaction_events"] == []  # failed loudly, wrote nothing
+    plan.arm("before_merge", times=4)  # down for a while, then back within the retries
+    run_lines(lines, FaultyWarehouseFactory(warehouse, plan), merge_retries=5)
+    assert _exact(warehouse, truth) == []
+
+
+def _cli(files: str, database: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "pipeline", f"--input_files={files}",
+        f"--warehouse=duckdb:{database}", "--max_batch_rows=200", *extra,
+    ]  # fmt: skip
+
+
+def test_a_batch_run_killed_mid_way_then_run_again_is_exact(tmp_path: Path) -> None:
+    lines, truth_data = generate(GeneratorConfig(events=6000, seed=32, files=4))
+    write(lines, truth_data, str(tmp_path / "events"), files=4)
+    truth = Truth(truth_data.versions, truth_data.malformed, len(lines))
+    database = tmp_path / "warehouse.duckdb"
+    files = f"{tmp_path}/events/events-*.jsonl"
+
+    process = subprocess.Popen(
+        _cli(files, database, "--log_level=INFO"), stderr=subprocess.PIPE, text=True
+    )
+    merged = 0
+    assert process.stderr is not None
+    for line in process.stderr:
+        merged += "Merged a batch" in line
+        if merged == 3:
+            process.kill()  # SIGKILL: no cleanup, a batch may be half-way
+            break
+    process.wait()
+    assert merged == 3, "the run ended before it could be killed mid-way"
+    factory = duckdb_factory(str(database))
+    partial = read_tables(factory)["transaction_events"]
+    assert 0 < len(partial) < len(truth.versions)
+
+    again = subprocess.run(_cli(files, database), capture_output=True, text=True, check=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _exact(another_run(factory), truth) == []
