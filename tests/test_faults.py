@@ -24,7 +24,7 @@ FAULTS = ["before_merge", "after_staging", "after_merge", "dead_letters_before"]
 
 @pytest.fixture(scope="module")
 def dataset() -> tuple[list[bytes], Truth]:
-    config = GeneratorConfig(events=400, seed=31, files=1, accounts=30, span_hours=2)
+    config = GeneratorConfig(events=200, seed=31, files=1, accounts=20, span_hours=2)
     lines, truth = generate(config)
     return [line.payload for line in lines], Truth(truth.versions, truth.malformed, len(lines))
 

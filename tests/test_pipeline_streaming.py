@@ -6,7 +6,9 @@ TestStream drives two clocks: the watermark (event time) and the processing-time
 starts at the epoch on the DirectRunner. The dedup TTL and the sink's flush timer are set in wall
 time, so a test that wants them to fire advances processing time past "now + TTL".
 
-Outcomes are asserted on the pipeline's own outputs (``assert_that`` on the dedup verdicts and on
+These are pipeline semantics, so they run on DuckDB only; the warehouse contract itself runs on
+both warehouses (tests/sinks/test_warehouse_contract.py). Outcomes are asserted on the
+pipeline's own outputs (``assert_that`` on the dedup verdicts and on
 the sink's MergeOutcomes), not on Beam metrics: the streaming DirectRunner of Beam 2.77 loses
 counter updates of every bundle after the first per step and thread (its StateSampler caches the
 first bundle's MetricsContainer in ``scoped_state``), so its metrics undercount.
@@ -100,7 +102,7 @@ def assert_exact(factory: WarehouseFactory, event_ids: Sequence[str]) -> dict[st
     return tables
 
 
-def test_duplicates_in_other_windows_are_dropped(warehouse: WarehouseFactory) -> None:
+def test_duplicates_in_other_windows_are_dropped(duckdb_warehouse: WarehouseFactory) -> None:
     stream = (
         new_stream()
         .add_elements([line("e1", 10), line("e2", 20, transaction_id="t2")])
@@ -111,12 +113,12 @@ def test_duplicates_in_other_windows_are_dropped(warehouse: WarehouseFactory) ->
         .add_elements([TimestampedValue(event_line("e1", event_time=at(10)), T0 + 901)])
     )
     stream = finish(stream)
-    run_stream(stream, warehouse, primaries=["e1", "e2"], merged=lambda o: o.inserted == 2)
-    tables = assert_exact(warehouse, ["e1", "e2"])
+    run_stream(stream, duckdb_warehouse, primaries=["e1", "e2"], merged=lambda o: o.inserted == 2)
+    tables = assert_exact(duckdb_warehouse, ["e1", "e2"])
     assert [r["event_count"] for r in tables["account_window_totals"]] == [2]
 
 
-def test_out_of_order_events_of_one_transaction(warehouse: WarehouseFactory) -> None:
+def test_out_of_order_events_of_one_transaction(duckdb_warehouse: WarehouseFactory) -> None:
     stream = (
         new_stream()
         .add_elements([line("e3", 130, status="REVERSED")])
@@ -124,14 +126,16 @@ def test_out_of_order_events_of_one_transaction(warehouse: WarehouseFactory) -> 
         .add_elements([line("e1", 10, status="PENDING")])
     )
     stream = finish(stream)
-    run_stream(stream, warehouse, primaries=["e1", "e2", "e3"])
-    tables = assert_exact(warehouse, ["e1", "e2", "e3"])
+    run_stream(stream, duckdb_warehouse, primaries=["e1", "e2", "e3"])
+    tables = assert_exact(duckdb_warehouse, ["e1", "e2", "e3"])
     (transaction,) = tables["transactions"]
     assert (transaction["status"], transaction["event_id"]) == ("REVERSED", "e3")
     assert len(tables["account_window_totals"]) == 3
 
 
-def test_late_events_within_and_beyond_allowed_lateness_land(warehouse: WarehouseFactory) -> None:
+def test_late_events_within_and_beyond_allowed_lateness_land(
+    duckdb_warehouse: WarehouseFactory,
+) -> None:
     # Window [0, 60) closes for Beam at watermark 60 + 120 = 180.
     stream = (
         new_stream()
@@ -144,18 +148,18 @@ def test_late_events_within_and_beyond_allowed_lateness_land(warehouse: Warehous
     stream = finish(stream)
     run_stream(
         stream,
-        warehouse,
+        duckdb_warehouse,
         primaries=["on-time", "late-within", "late-beyond"],
         merged=lambda o: o.inserted == 3,
         allowed_lateness_seconds=120,
     )
-    tables = assert_exact(warehouse, ["on-time", "late-within", "late-beyond"])
+    tables = assert_exact(duckdb_warehouse, ["on-time", "late-within", "late-beyond"])
     (window,) = tables["account_window_totals"]
     assert (window["event_count"], window["total_amount"]) == (3, Decimal("7"))
 
 
 def test_duplicate_after_dedup_state_expired_is_caught_by_the_warehouse(
-    warehouse: WarehouseFactory,
+    duckdb_warehouse: WarehouseFactory,
 ) -> None:
     ttl = 60
     past_ttl = int(time.time()) + ttl + 600  # the DirectRunner's test clock starts at the epoch
@@ -169,18 +173,20 @@ def test_duplicate_after_dedup_state_expired_is_caught_by_the_warehouse(
     stream = finish(stream)
     run_stream(
         stream,
-        warehouse,
+        duckdb_warehouse,
         # e1 passes dedup twice: its state had expired when the copy came.
         primaries=["e1", "e2", "e1"],
         merged=lambda o: (o.inserted, o.duplicates, o.conflicts) == (2, 1, 0),
         dedup_ttl_seconds=ttl,
     )
-    tables = assert_exact(warehouse, ["e1", "e2"])
+    tables = assert_exact(duckdb_warehouse, ["e1", "e2"])
     (window,) = tables["account_window_totals"]
     assert (window["event_count"], window["total_amount"]) == (2, Decimal("6"))
 
 
-def test_conflicting_version_after_expiry_is_a_dead_letter(warehouse: WarehouseFactory) -> None:
+def test_conflicting_version_after_expiry_is_a_dead_letter(
+    duckdb_warehouse: WarehouseFactory,
+) -> None:
     past_ttl = int(time.time()) + 60 + 600
     stream = (
         new_stream()
@@ -191,12 +197,12 @@ def test_conflicting_version_after_expiry_is_a_dead_letter(warehouse: WarehouseF
     stream = finish(stream)
     run_stream(
         stream,
-        warehouse,
+        duckdb_warehouse,
         primaries=["e1", "e1"],
         merged=lambda o: (o.inserted, o.conflicts, o.dead_letters_inserted) == (1, 1, 1),
         dedup_ttl_seconds=60,
     )
-    tables = assert_exact(warehouse, ["e1"])
+    tables = assert_exact(duckdb_warehouse, ["e1"])
     assert tables["transaction_events"][0]["amount"] == Decimal("5")
     (dead,) = tables["dead_letters"]
     assert dead["error"].startswith("conflict:") and "amount" in dead["error"]

@@ -4,7 +4,6 @@ the sink merges what it is given into a real DuckDB file."""
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from decimal import Decimal
 
 import apache_beam as beam
@@ -54,15 +53,14 @@ def test_bounded_batches_are_per_day_bounded_in_size_and_complete() -> None:
         assert_that(batches, check)
 
 
-def test_upsert_ledger_merges_and_reports(warehouse: WarehouseFactory) -> None:
+def test_upsert_ledger_merges_and_reports(duckdb_warehouse: WarehouseFactory) -> None:
+    warehouse = duckdb_warehouse
     candidates = [_candidate(i) for i in range(60)]
     with TestPipeline() as p:
         outcomes = (
             p
             | beam.Create(candidates + candidates[:10]).with_output_types(LedgerCandidate)
-            | UpsertLedger(
-                warehouse, max_batch_rows=8 if isinstance(warehouse, functools.partial) else 40
-            )
+            | UpsertLedger(warehouse, max_batch_rows=8)
         )
         assert_that(
             outcomes | beam.Map(lambda o: o.inserted) | beam.CombineGlobally(sum),
@@ -73,7 +71,8 @@ def test_upsert_ledger_merges_and_reports(warehouse: WarehouseFactory) -> None:
     ]
 
 
-def test_upsert_dead_letters_is_idempotent(warehouse: WarehouseFactory) -> None:
+def test_upsert_dead_letters_is_idempotent(duckdb_warehouse: WarehouseFactory) -> None:
+    warehouse = duckdb_warehouse
     rows = [
         make_dead_letter(STAGE_PARSE, "payload: not JSON", f"bad {i}".encode()) for i in range(5)
     ]
