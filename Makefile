@@ -14,6 +14,7 @@ help:
 	@echo "make run    generate $(EVENTS) events, run the pipeline twice into DuckDB, reconcile"
 	@echo "make run-streaming  the same through Google's Pub/Sub emulator, streaming, until idle"
 	@echo "make emulator       run a Pub/Sub emulator on 127.0.0.1:8085 in the foreground"
+	@echo "make run-outbox     PostgreSQL outbox -> relay (killed and restarted) -> pipeline -> reconcile"
 	@echo "make test   lint and the whole test suite"
 	@echo "make lint   ruff and mypy"
 	@echo "make clean  remove build outputs (keeps .venv)"
@@ -75,3 +76,6 @@ clean:
 
 # Dataflow Flex Template (image, template, launch, launch-batch) and Terraform checks.
 include make/dataflow.mk
+
+# The outbox producer: PostgreSQL service + relay to Pub/Sub, proven end to end (run-outbox).
+include make/outbox.mk
