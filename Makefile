@@ -17,6 +17,7 @@ help:
 	@echo "make run-outbox     PostgreSQL outbox -> relay (killed and restarted) -> pipeline -> reconcile"
 	@echo "make test   lint and the whole test suite"
 	@echo "make lint   ruff and mypy"
+	@echo "make bench  the benchmarks of BENCHMARKS.md (long; not part of make test)"
 	@echo "make clean  remove build outputs (keeps .venv)"
 
 install: $(INSTALLED)
@@ -57,6 +58,11 @@ emulator: install
 # for the BigQuery warehouse tests; see scripts/bq_emulator/install.sh.
 bq-emulator:
 	scripts/bq_emulator/install.sh
+
+# Benchmarks (not part of make test): about half an hour on a 2-core machine; BENCH_ARGS=--quick
+# runs the same shape at a tenth of the sizes. Results: build/bench/results.json, BENCHMARKS.md.
+bench: install
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

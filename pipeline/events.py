@@ -118,10 +118,12 @@ def format_timestamp(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_ONE_MICROSECOND = dt.timedelta(microseconds=1)
+
+
 def to_micros(value: dt.datetime) -> int:
     """Microseconds since the epoch, exact (no float on the way)."""
-    delta = value - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return (value - EPOCH) // _ONE_MICROSECOND
 
 
 def from_micros(micros: int) -> dt.datetime:
@@ -143,7 +145,9 @@ class EventCoder(beam.coders.Coder):
                 value.event_id,
                 value.transaction_id,
                 value.account_id,
-                format_amount(value.amount),
+                # str() round-trips a Decimal exactly (value and exponent); amounts are already
+                # quantised at parse, so no formatting work is needed on this hot path.
+                str(value.amount),
                 value.currency,
                 value.status,
                 to_micros(value.event_time),

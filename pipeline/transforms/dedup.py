@@ -130,6 +130,9 @@ class ChooseVersionFn(beam.DoFn):
             total += 1
             distinct.add(event)
         self._counters.inc(metrics.DUPLICATES_PIPELINE, total - len(distinct))
+        if len(distinct) == 1:  # the common case: nothing to choose, so no canonical JSON
+            yield _timestamped(distinct.pop(), True)
+            return
         self._counters.inc(metrics.CONFLICTING_VERSIONS, len(distinct) - 1)
         primary, *others = sorted(distinct, key=_canonical_order)
         # After a GroupByKey the element timestamp is the window's end; put event time back.

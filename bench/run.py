@@ -1,0 +1,109 @@
+"""`make bench`: every benchmark of BENCHMARKS.md in one run, each measurement in its own
+process, on this machine; prints a table and writes build/bench/results.json.
+
+    python -m bench.run [--events 1000000] [--quick]
+
+--quick runs the same shape at a tenth of the sizes (for trying the harness, not for numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.tools.generate import GeneratorConfig, generate, write
+
+OUT = Path("build/bench")
+
+
+def _json(*args: str) -> dict[str, Any]:
+    result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                            check=False)  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"{args} failed:\n{result.stderr[-3000:]}")
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def batch(events: int) -> list[dict[str, Any]]:
+    folder = OUT / f"events-{events}"
+    if not (folder / "truth.jsonl").exists():
+        lines, truth = generate(GeneratorConfig(events=events, seed=7, files=8))
+        write(lines, truth, str(folder), files=8)
+    rows = []
+    for variant in ("pipeline", "beam_deduplicate", "passthrough"):
+        database = OUT / f"batch-{variant}-{events}.duckdb"
+        database.unlink(missing_ok=True)
+        rows.append(_json("bench.batch", variant, f"{folder}/events-*.jsonl", str(database)))
+        database.unlink(missing_ok=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    scale = 10 if args.quick else 1
+    OUT.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    results: dict[str, Any] = {}
+
+    results["batch_100k"] = batch(100_000 // scale)
+    results["batch_large"] = batch(args.events // scale)
+    results["merge_cost"] = [
+        _json("bench.merge_cost", str(rows // scale), "10") for rows in (100_000, 10_000_000)
+    ]
+    results["streaming_dedup"] = [
+        _json("bench.streaming", variant, str(100_000 // scale))
+        for variant in ("pipeline", "beam_deduplicate", "none")
+    ]
+    results["soak"] = [
+        _json("tests.test_soak", mode, str(500_000 // scale), "5000")
+        for mode in ("dedup", "no-expiry", "passthrough")
+    ]
+    results["seconds"] = round(time.time() - started)
+    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(render(results))
+    return 0
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = ["Benchmarks (DirectRunner, this machine)"]
+    for key in ("batch_100k", "batch_large"):
+        rows = {r["variant"]: r for r in results[key]}
+        ours = rows["pipeline"]["lines_per_second"]
+        lines.append(f"  {key}: " + ", ".join(
+            f"{v} {r['lines_per_second']} lines/s (peak {r['peak_rss_mb']} MB)"
+            for v, r in rows.items()))  # fmt: skip
+        versus_beam = ours / rows["beam_deduplicate"]["lines_per_second"]
+        versus_passthrough = ours / rows["passthrough"]["lines_per_second"]
+        lines.append(
+            f"    pipeline / beam_deduplicate = {versus_beam:.2f},"
+            f" pipeline / passthrough = {versus_passthrough:.2f}"
+        )
+    small, large = results["merge_cost"]
+    lines.append(
+        f"  merge 10k into {small['target_rows']}: {small['median_batch_ms']} ms,"
+        f" into {large['target_rows']}: {large['median_batch_ms']} ms"
+        f" (ratio {large['median_batch_ms'] / small['median_batch_ms']:.2f});"
+        f" with checkpoint share {small['per_batch_ms_with_checkpoint']} /"
+        f" {large['per_batch_ms_with_checkpoint']} ms"
+    )
+    stream = {r["variant"]: r for r in results["streaming_dedup"]}
+    lines.append("  streaming dedup: " + ", ".join(
+        f"{v} {r['events_per_second']} el/s" for v, r in stream.items()))  # fmt: skip
+    soak = {r["mode"]: r for r in results["soak"]}
+    lines.append("  soak: " + ", ".join(
+        f"{m} peak {r['peak_rss_mb']} MB, max live keys {r['max_live_keys']}"
+        for m, r in soak.items()))  # fmt: skip
+    lines.append(f"  total {results['seconds']} s")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
