@@ -141,8 +141,6 @@ class EffectivelyOnceOptions(PipelineOptions):
 
 _PROJECT = r"projects/[a-z][a-z0-9-]{4,28}[a-z0-9]"
 _NAME = r"[A-Za-z][\w\-.~+%]{2,254}"
-_PROJECT_ID = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
-_DATASET_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,1023}")
 _SUBSCRIPTION = re.compile(rf"{_PROJECT}/subscriptions/{_NAME}")
 _TOPIC = re.compile(rf"{_PROJECT}/topics/{_NAME}")
 
@@ -158,8 +156,11 @@ def _warehouse_problem(url: str, staging: str) -> str | None:
         if staging:
             if kind != "bigquery":
                 return "--bigquery_staging_dataset applies only to --warehouse=bigquery:..."
-            project, sep, dataset = staging.partition(".")
-            if not (sep and _PROJECT_ID.fullmatch(project) and _DATASET_ID.fullmatch(dataset)):
+            from pipeline.sinks.bigquery import parse_dataset  # noqa: PLC0415
+
+            try:
+                parse_dataset(staging)
+            except ValueError:
                 return "--bigquery_staging_dataset must be PROJECT.DATASET"
     except ValueError as error:
         return str(error)

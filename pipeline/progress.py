@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 
@@ -44,6 +44,7 @@ class RunProgress:
         self._newest_settled: dt.datetime | None = None
         self._last_arrival = time.monotonic()
         self._tally: Counter[str] = Counter()
+        self._closers: list[Callable[[], None]] = []
         self.checkpoint_lock = threading.Lock()  # serialises compute-then-write of checkpoints
 
     def pulled(self, publish_time: dt.datetime) -> None:
@@ -85,6 +86,18 @@ class RunProgress:
     def tally(self) -> dict[str, int]:
         with self._lock:
             return dict(self._tally)
+
+    def on_close(self, closer: Callable[[], None]) -> None:
+        """Register what to release when the run is stopped (the DirectRunner's cancel does not
+        tear DoFns down)."""
+        with self._lock:
+            self._closers.append(closer)
+
+    def close_all(self) -> None:
+        with self._lock:
+            closers, self._closers = self._closers, []
+        for closer in closers:
+            closer()
 
 
 _RUNS: dict[str, RunProgress] = {}

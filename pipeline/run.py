@@ -145,6 +145,7 @@ def _run_streaming(options: PipelineOptions) -> metrics.RunSummary:
         if opts.exit_when_idle_seconds > 0:
             _wait_until_idle(result, progress, opts.exit_when_idle_seconds)
             result.cancel()
+            progress.close_all()  # everything pulled is merged: close the warehouses
         else:
             result.wait_until_finish()
         return metrics.RunSummary(progress.tally())

@@ -148,6 +148,18 @@ def test_bad_input_does_not_fail_the_run(tmp_path: Path) -> None:
         (["--input_files=x", "--warehouse=postgres:db"], "--warehouse must be"),
         (["--input_files=x", "--window_size_seconds=0"], "--window_size_seconds"),
         (["--input_files=x", "--dedup_ttl_seconds=-1"], "--dedup_ttl_seconds"),
+        (
+            ["--input_files=x", "--bigquery_staging_dataset=my-project.staging"],
+            "applies only to --warehouse=bigquery",
+        ),
+        (
+            [
+                "--input_files=x",
+                "--warehouse=bigquery:my-project.ledger",
+                "--bigquery_staging_dataset=staging-without-project",
+            ],
+            "--bigquery_staging_dataset must be PROJECT.DATASET",
+        ),
     ],
 )
 def test_invalid_options_fail_fast(args: list[str], message: str) -> None:

@@ -55,6 +55,7 @@ from google.cloud import bigquery
 from pipeline.dead_letters import DeadLetter, conflict_dead_letter
 from pipeline.events import (
     AMOUNT_SCALE,
+    CONTRACT_FIELDS,
     MONEY_CONTEXT,
     NUMERIC_LIMIT,
     Event,
@@ -78,15 +79,7 @@ from pipeline.tables import (
 
 _PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
 _DATASET = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,1023}")
-_EVENT_COLUMNS = (
-    "event_id",
-    "transaction_id",
-    "account_id",
-    "amount",
-    "currency",
-    "status",
-    "event_time",
-)
+_EVENT_COLUMNS = CONTRACT_FIELDS  # the ledger's columns are the contract's fields
 _TRANSIENT_MESSAGES = (
     "could not serialize access",
     "concurrent update",

@@ -32,6 +32,7 @@ import pyarrow as pa
 from pipeline.dead_letters import DeadLetter
 from pipeline.events import (
     AMOUNT_SCALE,
+    CONTRACT_FIELDS,
     MONEY_CONTEXT,
     NUMERIC_LIMIT,
     Event,
@@ -67,15 +68,7 @@ _ARROW_TYPES = {
     "JSON": pa.string(),
 }
 
-_EVENT_COLUMNS = (
-    "event_id",
-    "transaction_id",
-    "account_id",
-    "amount",
-    "currency",
-    "status",
-    "event_time",
-)
+_EVENT_COLUMNS = CONTRACT_FIELDS  # the ledger's columns are the contract's fields
 _STAGE_EVENTS_SCHEMA = pa.schema(
     [
         *(

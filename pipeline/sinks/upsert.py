@@ -146,6 +146,9 @@ class _WarehouseDoFn(beam.DoFn):
     def setup(self) -> None:
         self._warehouse = self._factory()
         self._with_retries(self._warehouse.create_tables)
+        run = self._checkpointing.progress.get() if self._checkpointing else None
+        if run is not None:
+            run.on_close(self.teardown)  # a cancelled local run closes its warehouse too
 
     def teardown(self) -> None:
         if self._warehouse is not None:
