@@ -1,7 +1,7 @@
 """`make bench`: every benchmark of BENCHMARKS.md in one run, each measurement in its own
 process, on this machine; prints a table and writes build/bench/results.json.
 
-    python -m bench.run [--events 1000000] [--quick]
+    python -m bench.run [--events 1000000] [--quick] [--only SECTION ...]
 
 --quick runs the same shape at a tenth of the sizes (for trying the harness, not for numbers).
 """
@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,31 +44,50 @@ def batch(events: int) -> list[dict[str, Any]]:
     return rows
 
 
+SOAK_KEYS = 200_000  # distinct keys per soak mode; the no-expiry control grows ~2 KB a key
+
+
+def _sections(events: int, scale: int) -> dict[str, Callable[[], Any]]:
+    return {
+        "batch_100k": lambda: batch(100_000 // scale),
+        "batch_large": lambda: batch(events // scale),
+        "merge_cost": lambda: [
+            _json("bench.merge_cost", str(rows // scale), "10") for rows in (100_000, 10_000_000)
+        ],
+        "streaming_dedup": lambda: [
+            _json("bench.streaming", variant, str(100_000 // scale))
+            for variant in ("pipeline", "beam_deduplicate", "none")
+        ],
+        "soak": lambda: [
+            _json("tests.test_soak", mode, str(SOAK_KEYS // scale), "5000")
+            for mode in ("dedup", "no-expiry", "passthrough")
+        ],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", action="append", help="run only this section (repeatable)")
     args = parser.parse_args(argv)
     scale = 10 if args.quick else 1
     OUT.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    results: dict[str, Any] = {}
-
-    results["batch_100k"] = batch(100_000 // scale)
-    results["batch_large"] = batch(args.events // scale)
-    results["merge_cost"] = [
-        _json("bench.merge_cost", str(rows // scale), "10") for rows in (100_000, 10_000_000)
-    ]
-    results["streaming_dedup"] = [
-        _json("bench.streaming", variant, str(100_000 // scale))
-        for variant in ("pipeline", "beam_deduplicate", "none")
-    ]
-    results["soak"] = [
-        _json("tests.test_soak", mode, str(500_000 // scale), "5000")
-        for mode in ("dedup", "no-expiry", "passthrough")
-    ]
-    results["seconds"] = round(time.time() - started)
-    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    sections = _sections(args.events, scale)
+    results_file = OUT / "results.json"
+    # Sections already measured survive a partial run (--only, or an interrupted one).
+    results: dict[str, Any] = (
+        json.loads(results_file.read_text(encoding="utf-8")) if args.only and
+        results_file.exists() else {}
+    )  # fmt: skip
+    for name, measure in sections.items():
+        if args.only and name not in args.only:
+            continue
+        started = time.time()
+        results[name] = measure()
+        results.setdefault("seconds", {})[name] = round(time.time() - started)
+        results_file.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        print(f"{name}: {results['seconds'][name]} s", flush=True)
     print(render(results))
     return 0
 
@@ -75,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
 def render(results: dict[str, Any]) -> str:
     lines = ["Benchmarks (DirectRunner, this machine)"]
     for key in ("batch_100k", "batch_large"):
+        if key not in results:
+            continue
         rows = {r["variant"]: r for r in results[key]}
         ours = rows["pipeline"]["lines_per_second"]
         lines.append(f"  {key}: " + ", ".join(
@@ -86,23 +108,30 @@ def render(results: dict[str, Any]) -> str:
             f"    pipeline / beam_deduplicate = {versus_beam:.2f},"
             f" pipeline / passthrough = {versus_passthrough:.2f}"
         )
-    small, large = results["merge_cost"]
-    lines.append(
+    if "merge_cost" in results:
+        lines.append(_merge_line(results["merge_cost"]))
+    if "streaming_dedup" in results:
+        stream = {r["variant"]: r for r in results["streaming_dedup"]}
+        lines.append("  streaming dedup: " + ", ".join(
+            f"{v} {r['events_per_second']} el/s" for v, r in stream.items()))  # fmt: skip
+    if "soak" in results:
+        soak = {r["mode"]: r for r in results["soak"]}
+        lines.append("  soak: " + ", ".join(
+            f"{m} peak {r['peak_rss_mb']} MB, max live keys {r['max_live_keys']}"
+            for m, r in soak.items()))  # fmt: skip
+    lines.append(f"  seconds per section: {results.get('seconds', {})}")
+    return "\n".join(lines)
+
+
+def _merge_line(merge_cost: list[dict[str, Any]]) -> str:
+    small, large = merge_cost
+    return (
         f"  merge 10k into {small['target_rows']}: {small['median_batch_ms']} ms,"
         f" into {large['target_rows']}: {large['median_batch_ms']} ms"
         f" (ratio {large['median_batch_ms'] / small['median_batch_ms']:.2f});"
         f" with checkpoint share {small['per_batch_ms_with_checkpoint']} /"
         f" {large['per_batch_ms_with_checkpoint']} ms"
     )
-    stream = {r["variant"]: r for r in results["streaming_dedup"]}
-    lines.append("  streaming dedup: " + ", ".join(
-        f"{v} {r['events_per_second']} el/s" for v, r in stream.items()))  # fmt: skip
-    soak = {r["mode"]: r for r in results["soak"]}
-    lines.append("  soak: " + ", ".join(
-        f"{m} peak {r['peak_rss_mb']} MB, max live keys {r['max_live_keys']}"
-        for m, r in soak.items()))  # fmt: skip
-    lines.append(f"  total {results['seconds']} s")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

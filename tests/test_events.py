@@ -184,3 +184,13 @@ def test_candidate_coder_round_trips_exactly(event: Event, primary: bool) -> Non
     candidate = LedgerCandidate(event, primary, event.event_time, event.event_time)
     coder = LedgerCandidateCoder()
     assert coder.decode(coder.encode(candidate)) == candidate
+
+
+@given(_events, st.booleans(), st.none() | st.just(dt.datetime(2026, 1, 1, tzinfo=dt.UTC)))
+def test_coders_estimate_sizes_within_a_few_bytes(
+    event: Event, primary: bool, source: dt.datetime | None
+) -> None:
+    """The cheap size estimates Beam samples for its metrics stay close to the encoding."""
+    candidate = LedgerCandidate(event, primary, event.event_time, event.event_time, source)
+    for coder, value in ((EventCoder(), event), (LedgerCandidateCoder(), candidate)):
+        assert abs(coder.estimate_size(value) - len(coder.encode(value))) <= 12

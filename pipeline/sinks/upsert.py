@@ -76,7 +76,10 @@ class BatchForMerge(beam.PTransform):
             return (
                 keyed
                 | "GroupByPartition" >> beam.GroupByKey()
-                | "ChunkInTimeOrder" >> beam.FlatMap(_chunks, self._sort_key, self._max_rows)
+                | "ChunkInTimeOrder"
+                >> beam.FlatMap(_chunks, self._sort_key, self._max_rows).with_output_types(
+                    tuple[str, list[rows.element_type]]  # type: ignore[name-defined]
+                )
             )
         return keyed | "GroupIntoBatches" >> beam.GroupIntoBatches(
             self._max_rows, max_buffering_duration_secs=self._flush_seconds

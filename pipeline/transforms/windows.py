@@ -36,6 +36,16 @@ from pipeline.events import Event, LedgerCandidate, from_micros, to_micros
 MAX_WINDOW_SECONDS = 86_400  # see events.MAX_EVENT_TIME: window ends must stay valid timestamps
 
 
+# The source times a datetime can hold; a runner's MIN/MAX timestamps are outside.
+_SOURCE_MICROS = range(
+    to_micros(dt.datetime.min.replace(tzinfo=dt.UTC)),
+    to_micros(dt.datetime.max.replace(tzinfo=dt.UTC)) + 1,
+)
+# (event, primary, source time in microseconds or None): typed, so that Beam encodes it with the
+# event's own coder instead of pickling it.
+Timed = tuple[Event, bool, int | None]
+
+
 class ToEventTimeFn(beam.DoFn):
     """Timestamp each verdict with its payload's event_time, keeping the source time."""
 
@@ -45,10 +55,9 @@ class ToEventTimeFn(beam.DoFn):
         source_time: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[TimestampedValue]:
         event, primary = verdict
-        try:
-            source: dt.datetime | None = from_micros(source_time.micros)
-        except OverflowError:  # a runner's MIN/MAX timestamp: no source position to track
-            source = None
+        micros = source_time.micros
+        # Outside: a runner's MIN/MAX timestamp, no source position to track.
+        source = micros if micros in _SOURCE_MICROS else None
         yield TimestampedValue(
             (event, primary, source), Timestamp(micros=to_micros(event.event_time))
         )
@@ -57,16 +66,16 @@ class ToEventTimeFn(beam.DoFn):
 class StampWindowFn(beam.DoFn):
     def process(
         self,
-        element: tuple[Event, bool, dt.datetime | None],
+        element: Timed,
         window: IntervalWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
     ) -> Iterator[LedgerCandidate]:
-        event, primary, source_time = element
+        event, primary, source = element
         yield LedgerCandidate(
             event,
             primary,
             from_micros(window.start.micros),
             from_micros(window.end.micros),
-            source_time,
+            None if source is None else from_micros(source),
         )
 
 
@@ -96,7 +105,7 @@ class AssignEventTimeWindows(beam.PTransform):
     def expand(self, verdicts: beam.PCollection) -> beam.PCollection:
         self.windowed = (
             verdicts
-            | "ToEventTime" >> beam.ParDo(ToEventTimeFn())
+            | "ToEventTime" >> beam.ParDo(ToEventTimeFn()).with_output_types(Timed)
             | "FixedEventTimeWindows"
             >> beam.WindowInto(
                 FixedWindows(self._size), allowed_lateness=Duration(seconds=self._lateness)
