@@ -73,8 +73,10 @@ def build_pipeline(
     windows = AssignEventTimeWindows(opts.window_size_seconds, opts.allowed_lateness_seconds)
     candidates = verdicts | "AssignWindows" >> windows
     checkpointing = None
-    if progress is not None and opts.input_subscription:
-        checkpointing = Checkpointing(opts.input_subscription, progress, opts.replay_margin_seconds)
+    if progress is not None:
+        checkpointing = Checkpointing(
+            opts.input_subscription or None, progress, opts.replay_margin_seconds
+        )
     sink_args = {
         "max_batch_rows": opts.max_batch_rows,
         "flush_seconds": opts.batch_flush_seconds,

@@ -203,3 +203,37 @@ def test_kill_9_mid_stream_then_the_same_command_is_exact(
     again = _run(subscription, database)
     assert "Replaying" in again.stderr
     assert _reconcile(database, truth) == []
+
+
+def test_a_topic_run_reads_through_its_own_subscription_and_stops_when_idle(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """``--input_topic``: the runner makes a temporary subscription, so only what is published
+    after the start is read; the run still stops once everything pulled is merged, and writes
+    no replay checkpoint (nothing could seek a temporary subscription)."""
+    topic = emulator.topic("topic-run")
+    pubsub_v1.PublisherClient().create_topic(name=topic)
+    lines, truth = _dataset(tmp_path, events=200, seed=23)
+    database = tmp_path / "warehouse.duckdb"
+    command = [
+        *_command("", database, "--exit_when_idle_seconds=8"),
+        f"--input_topic={topic}",
+    ]
+    command.remove("--input_subscription=")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        publisher = pubsub_v1.PublisherClient()
+        deadline = time.monotonic() + 120
+        while not list(publisher.list_topic_subscriptions(topic=topic)):
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the run made no subscription of its own"
+            time.sleep(0.5)
+        report = publish(topic, lines, duplicate_rate=0.1)
+        assert report.duplicates_injected > 0 and report.failed == 0
+        stdout, stderr = process.communicate(timeout=600)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr[-3000:]
+    assert "accepted (new ledger rows)" in stdout
+    assert _reconcile(database, truth) == []
+    assert duckdb_factory(str(database))().fetch_rows("ingest_checkpoints") == []

@@ -101,9 +101,12 @@ def _chunks(
 
 @dataclass(frozen=True)
 class Checkpointing:
-    """Where and how a sink records replay checkpoints of its source."""
+    """Where and how a sink records its progress: each committed batch settles its rows in the
+    run's progress; with a ``source`` the replay checkpoint of that subscription is written too.
+    ``source=None`` (reading a topic through a temporary subscription): nothing can be replayed,
+    so only the progress is kept (it tells a local run when everything pulled is merged)."""
 
-    source: str  # e.g. projects/P/subscriptions/S
+    source: str | None  # e.g. projects/P/subscriptions/S
     progress: ProgressHandle
     margin_seconds: float = 60.0
 
@@ -134,13 +137,14 @@ class _WarehouseDoFn(beam.DoFn):
         if spec is None or run is None:
             return
         run.settled(source_times)
+        source = spec.source
+        if source is None:
+            return
         with run.checkpoint_lock:  # compute and write in one step, so checkpoints never race
             point = run.safe_point()
             if point is not None:
                 replay_from = point - dt.timedelta(seconds=spec.margin_seconds)
-                self._with_retries(
-                    lambda: self._writer().write_checkpoint(spec.source, replay_from)
-                )
+                self._with_retries(lambda: self._writer().write_checkpoint(source, replay_from))
 
     def _writer(self) -> Warehouse:
         assert self._warehouse is not None, "setup() opens the warehouse"
