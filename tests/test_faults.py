@@ -5,6 +5,7 @@ with SIGKILL mid-run and started again. Faults go through seams around the real 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,10 @@ from pipeline import metrics
 from pipeline.sinks.warehouse import WarehouseFactory
 from pipeline.tools.generate import GeneratorConfig, generate, write
 from pipeline.tools.reconcile import Report, Truth, check_invariants, check_truth, fetch_tables
+from tests.bigquery_emulator import BigQueryEmulator
 from tests.faults import FaultPlan, FaultyWarehouseFactory
 from tests.helpers import read_tables, run_lines
-from tests.warehouses import another_run, duckdb_factory
+from tests.warehouses import WAREHOUSES, another_run, duckdb_factory, fresh_bigquery
 
 FAULTS = ["before_merge", "after_staging", "after_merge", "dead_letters_before"]
 
@@ -80,22 +82,39 @@ def test_an_unreachable_warehouse_is_retried_then_fails_loudly_then_recovers(
     assert _exact(warehouse, truth) == []
 
 
-def _cli(files: str, database: Path, *extra: str) -> list[str]:
+def _cli(files: str, warehouse_url: str, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "pipeline", f"--input_files={files}",
-        f"--warehouse=duckdb:{database}", "--max_batch_rows=200", *extra,
+        f"--warehouse={warehouse_url}", "--max_batch_rows=200", *extra,
     ]  # fmt: skip
 
 
-def test_a_batch_run_killed_mid_way_then_run_again_is_exact(tmp_path: Path) -> None:
+def _as_command_line(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> tuple[str, dict[str, str], WarehouseFactory]:
+    """The warehouse as the command line names it, the environment that reaches it, and a
+    factory to read it back."""
+    if kind == "duckdb":
+        database = str(tmp_path / "warehouse.duckdb")
+        return f"duckdb:{database}", dict(os.environ), duckdb_factory(database)
+    emulator: BigQueryEmulator = request.getfixturevalue("bq_emulator")
+    factory = fresh_bigquery(emulator.endpoint, emulator.project)
+    environment = {**os.environ, "BIGQUERY_EMULATOR_HOST": emulator.endpoint}
+    return f"bigquery:{factory.project}.{factory.dataset}", environment, factory
+
+
+@pytest.mark.parametrize("kind", WAREHOUSES)
+def test_a_batch_run_killed_mid_way_then_run_again_is_exact(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     lines, truth_data = generate(GeneratorConfig(events=6000, seed=32, files=4))
     write(lines, truth_data, str(tmp_path / "events"), files=4)
     truth = Truth(truth_data.versions, truth_data.malformed, len(lines))
-    database = tmp_path / "warehouse.duckdb"
+    url, environment, factory = _as_command_line(kind, tmp_path, request)
     files = f"{tmp_path}/events/events-*.jsonl"
 
     process = subprocess.Popen(
-        _cli(files, database, "--log_level=INFO"), stderr=subprocess.PIPE, text=True
+        _cli(files, url, "--log_level=INFO"), stderr=subprocess.PIPE, text=True, env=environment
     )
     merged = 0
     assert process.stderr is not None
@@ -106,10 +125,11 @@ def test_a_batch_run_killed_mid_way_then_run_again_is_exact(tmp_path: Path) -> N
             break
     process.wait()
     assert merged == 3, "the run ended before it could be killed mid-way"
-    factory = duckdb_factory(str(database))
     partial = read_tables(factory)["transaction_events"]
     assert 0 < len(partial) < len(truth.versions)
 
-    again = subprocess.run(_cli(files, database), capture_output=True, text=True, check=False)
+    again = subprocess.run(
+        _cli(files, url), capture_output=True, text=True, check=False, env=environment
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert _exact(another_run(factory), truth) == []

@@ -40,8 +40,10 @@ tables (``transactions`` and totals are functions of the ledger).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
+import os
 import re
 import threading
 import uuid
@@ -50,6 +52,7 @@ from decimal import Decimal
 from typing import Any
 
 from google.api_core import exceptions as api_exceptions
+from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
 from pipeline.dead_letters import DeadLetter, conflict_dead_letter
@@ -164,6 +167,18 @@ def exact_total(parts: Sequence[int], nanos: int) -> Decimal | None:
     return total if total.copy_abs() < NUMERIC_LIMIT else None
 
 
+def default_client(project: str, location: str | None = None) -> bigquery.Client:
+    """The client a run uses. Like Google's clients with ``PUBSUB_EMULATOR_HOST``,
+    google-cloud-bigquery sends requests to ``BIGQUERY_EMULATOR_HOST`` when it is set (a URL,
+    e.g. http://127.0.0.1:9050); an emulator takes no credentials, so none are looked up then.
+    That is how a local run, or a test of the command line, reaches a local BigQuery."""
+    if os.environ.get("BIGQUERY_EMULATOR_HOST"):
+        return bigquery.Client(
+            project=project, location=location, credentials=AnonymousCredentials()
+        )
+    return bigquery.Client(project=project, location=location)
+
+
 class BigQueryWarehouse(Warehouse):
     """The tables in one BigQuery dataset, staged through another."""
 
@@ -195,8 +210,8 @@ class BigQueryWarehouse(Warehouse):
         # BigQuery runs at most 2 mutating DML statements per table at a time and queues 20; each
         # batch runs its MERGEs one after another, so this bounds the MERGEs in flight per table.
         self._slots = threading.BoundedSemaphore(max_concurrent_batches)
-        self._client_factory = client_factory or (
-            lambda p: bigquery.Client(project=p, location=location)
+        self._client_factory = client_factory or functools.partial(
+            default_client, location=location
         )
         self.run_id = run_id or uuid.uuid4().hex[:12]
         if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", self.run_id):
