@@ -5,7 +5,7 @@ arrived within about one TTL) and expired state must give its memory back.
 
 Memory is compared with the same stream through no dedup at all, each in its own process: the
 DirectRunner's test stream holds its whole input, so absolute RSS says little. `make bench` runs
-the soak with 500,000 events and the no-expiry control (BENCHMARKS.md).
+the soak with 200,000 distinct keys in each mode (BENCHMARKS.md, section 4).
 """
 
 from __future__ import annotations
