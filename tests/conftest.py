@@ -38,3 +38,9 @@ def warehouse(request: pytest.FixtureRequest, duckdb_path: str) -> WarehouseFact
 def duckdb_warehouse(duckdb_path: str) -> WarehouseFactory:
     """DuckDB only, for tests of what only the embedded warehouse does."""
     return duckdb_factory(duckdb_path)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Long proofs first: with ``-n 2`` the workers then start them at once and the many short
+    tests fill in around them, instead of one worker ending the run alone on a long tail."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
