@@ -5,7 +5,6 @@ with SIGKILL mid-run and started again. Faults go through seams around the real 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +15,9 @@ from pipeline import metrics
 from pipeline.sinks.warehouse import WarehouseFactory
 from pipeline.tools.generate import GeneratorConfig, generate, write
 from pipeline.tools.reconcile import Report, Truth, check_invariants, check_truth, fetch_tables
-from tests.bigquery_emulator import BigQueryEmulator
 from tests.faults import FaultPlan, FaultyWarehouseFactory
 from tests.helpers import read_tables, run_lines
-from tests.warehouses import WAREHOUSES, another_run, duckdb_factory, fresh_bigquery
+from tests.warehouses import WAREHOUSES, another_run, command_line_warehouse
 
 FAULTS = ["before_merge", "after_staging", "after_merge", "dead_letters_before"]
 
@@ -89,20 +87,6 @@ def _cli(files: str, warehouse_url: str, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _as_command_line(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> tuple[str, dict[str, str], WarehouseFactory]:
-    """The warehouse as the command line names it, the environment that reaches it, and a
-    factory to read it back."""
-    if kind == "duckdb":
-        database = str(tmp_path / "warehouse.duckdb")
-        return f"duckdb:{database}", dict(os.environ), duckdb_factory(database)
-    emulator: BigQueryEmulator = request.getfixturevalue("bq_emulator")
-    factory = fresh_bigquery(emulator.endpoint, emulator.project)
-    environment = {**os.environ, "BIGQUERY_EMULATOR_HOST": emulator.endpoint}
-    return f"bigquery:{factory.project}.{factory.dataset}", environment, factory
-
-
 @pytest.mark.parametrize("kind", WAREHOUSES)
 def test_a_batch_run_killed_mid_way_then_run_again_is_exact(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
@@ -110,7 +94,8 @@ def test_a_batch_run_killed_mid_way_then_run_again_is_exact(
     lines, truth_data = generate(GeneratorConfig(events=6000, seed=32, files=4))
     write(lines, truth_data, str(tmp_path / "events"), files=4)
     truth = Truth(truth_data.versions, truth_data.malformed, len(lines))
-    url, environment, factory = _as_command_line(kind, tmp_path, request)
+    target = command_line_warehouse(kind, tmp_path, request)
+    url, environment, factory = target.url, target.environment, target.factory
     files = f"{tmp_path}/events/events-*.jsonl"
 
     process = subprocess.Popen(

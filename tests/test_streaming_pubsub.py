@@ -25,6 +25,7 @@ import pytest
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
 from pipeline.events import Event, format_timestamp, parse_event
+from pipeline.sinks.warehouse import WarehouseFactory
 from pipeline.tools.generate import GeneratorConfig, generate, write
 from pipeline.tools.publish import attributes_for, publish
 from pipeline.tools.pubsub_emulator import (
@@ -34,7 +35,7 @@ from pipeline.tools.pubsub_emulator import (
 )
 from pipeline.tools.reconcile import Report, check_invariants, check_truth, fetch_tables, load_truth
 from tests.helpers import event_line
-from tests.warehouses import duckdb_factory
+from tests.warehouses import WAREHOUSES, another_run, command_line_warehouse, duckdb_factory
 
 pytestmark = pytest.mark.slow
 
@@ -51,32 +52,43 @@ def _channel(emulator: Emulator, name: str, ack_deadline: int = 10) -> tuple[str
     return topic, subscription
 
 
-def _command(subscription: str, database: Path, *extra: str) -> list[str]:
+def _command(subscription: str, warehouse: Path | str, *extra: str) -> list[str]:
+    """``warehouse``: a DuckDB file, or a --warehouse value."""
+    url = warehouse if isinstance(warehouse, str) else f"duckdb:{warehouse}"
     return [
         sys.executable, "-m", "pipeline",
         f"--input_subscription={subscription}",
-        f"--warehouse=duckdb:{database}",
+        f"--warehouse={url}",
         "--batch_flush_seconds=1",
         "--max_batch_rows=100",
         *extra,
     ]  # fmt: skip
 
 
-def _run(subscription: str, database: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    subscription: str,
+    warehouse: Path | str,
+    *extra: str,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        _command(subscription, database, "--exit_when_idle_seconds=8", *extra),
+        _command(subscription, warehouse, "--exit_when_idle_seconds=8", *extra),
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
-def _reconcile(database: Path, truth: Path, extra: Sequence[Event] = ()) -> list[str]:
+def _reconcile(
+    database: Path | WarehouseFactory, truth: Path, extra: Sequence[Event] = ()
+) -> list[str]:
     """Reconcile with the generator's truth plus ``extra`` events published besides it."""
-    warehouse = duckdb_factory(str(database))()
+    factory = duckdb_factory(str(database)) if isinstance(database, Path) else database
+    warehouse = factory()
     try:
         report = Report()
         tables = fetch_tables(warehouse)
@@ -178,31 +190,33 @@ def _wait_for_lines(stream: Sequence[str] | object, needle: str, count: int, tim
         found.get(timeout=max(0.1, deadline - time.monotonic()))
 
 
+@pytest.mark.parametrize("kind", WAREHOUSES)
 def test_kill_9_mid_stream_then_the_same_command_is_exact(
-    emulator: Emulator, tmp_path: Path
+    kind: str, emulator: Emulator, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    topic, subscription = _channel(emulator, "crash", ack_deadline=60)
+    topic, subscription = _channel(emulator, f"crash-{kind}", ack_deadline=60)
     lines, truth = _dataset(tmp_path, events=900, seed=22)
     publish(topic, lines, duplicate_rate=0.05)
-    database = tmp_path / "warehouse.duckdb"
+    target = command_line_warehouse(kind, tmp_path, request)
 
     process = subprocess.Popen(
-        _command(subscription, database, "--log_level=INFO"),
+        _command(subscription, target.url, "--log_level=INFO"),
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
+        env=target.environment,
     )
     try:
         _wait_for_lines(process.stderr, "Merged a batch", count=3, timeout=300)
     finally:
         process.kill()  # SIGKILL: no teardown, no flush, pulled messages were already acked
         process.wait()
-    partial = duckdb_factory(str(database))().fetch_rows("transaction_events")
+    partial = target.factory().fetch_rows("transaction_events")
     assert 0 < len(partial) < 900, "the kill must land mid-stream"
 
-    again = _run(subscription, database)
+    again = _run(subscription, target.url, env=target.environment)
     assert "Replaying" in again.stderr
-    assert _reconcile(database, truth) == []
+    assert _reconcile(another_run(target.factory), truth) == []
 
 
 def test_a_topic_run_reads_through_its_own_subscription_and_stops_when_idle(

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
+import pytest
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
@@ -68,3 +71,31 @@ def duckdb_factory(path: str) -> WarehouseFactory:
 def fresh_bigquery(endpoint: str, project: str) -> EmulatorWarehouse:
     """A factory of a warehouse in a dataset no other test uses."""
     return EmulatorWarehouse(endpoint, project, f"test_{uuid.uuid4().hex[:12]}")
+
+
+@dataclass(frozen=True)
+class CommandLineWarehouse:
+    """A warehouse as the command line names it, the environment that reaches it, and a factory
+    to read it back (for tests that run ``python -m pipeline`` as a user does)."""
+
+    url: str  # the --warehouse value
+    environment: dict[str, str]
+    factory: WarehouseFactory
+
+
+def command_line_warehouse(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> CommandLineWarehouse:
+    """A fresh warehouse of ``kind``: a DuckDB file, or a dataset on the session's local
+    BigQuery, reached through ``BIGQUERY_EMULATOR_HOST`` (see bigquery.default_client)."""
+    if kind == "duckdb":
+        database = str(tmp_path / "warehouse.duckdb")
+        factory = duckdb_factory(database)
+        return CommandLineWarehouse(f"duckdb:{database}", dict(os.environ), factory)
+    emulator = request.getfixturevalue("bq_emulator")
+    factory = fresh_bigquery(emulator.endpoint, emulator.project)
+    return CommandLineWarehouse(
+        f"bigquery:{factory.project}.{factory.dataset}",
+        {**os.environ, "BIGQUERY_EMULATOR_HOST": emulator.endpoint},
+        factory,
+    )
