@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import IO
 
 from pipeline.sinks.warehouse import open_warehouse
+from pipeline.tools.local_streaming import run_until_idle
 from pipeline.tools.pubsub_emulator import create_topic_and_subscription, running_emulator
 from producer.cli import decimal_argument
 from producer.db import apply_schema, connect
@@ -280,17 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         warehouse_path = out / "warehouse.duckdb"
         with step("streaming pipeline into DuckDB, until idle"):
-            pipeline = subprocess.run(
-                [
-                    sys.executable, "-m", "pipeline",
-                    f"--input_subscription={subscription}",
-                    f"--warehouse=duckdb:{warehouse_path}",
-                    f"--exit_when_idle_seconds={args.idle_seconds}",
-                ],
-                check=False,
-            )  # fmt: skip
-            if pipeline.returncode != 0:
-                return pipeline.returncode
+            returncode = run_until_idle(subscription, f"duckdb:{warehouse_path}", args.idle_seconds)
+            if returncode != 0:
+                return returncode
 
         with step("reconcile: the warehouse against PostgreSQL"), connect(dsn) as conn:
             events = committed_events(conn)

@@ -1,6 +1,8 @@
-"""Fixtures: real local warehouses. ``warehouse`` runs a test once per warehouse: the embedded
+"""Fixtures: real local services. ``warehouse`` runs a test once per warehouse: the embedded
 DuckDB (a fresh file) and BigQuery on the local emulator (a fresh dataset of one emulator shared
-by the session). A missing emulator is an error, never a skip (``make bq-emulator``)."""
+by the session). ``emulator`` (Google's Pub/Sub emulator) and ``postgres`` (a throwaway cluster)
+are started once per test module that asks for them and stopped after it. A missing service is
+an error, never a skip."""
 
 from __future__ import annotations
 
@@ -10,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.sinks.warehouse import WarehouseFactory
+from pipeline.tools.pubsub_emulator import Emulator, running_emulator
+from producer.local_postgres import Postgres
 from tests.bigquery_emulator import BigQueryEmulator, bigquery_emulator
+from tests.postgres import postgres_cluster
 from tests.warehouses import WAREHOUSES, duckdb_factory, fresh_bigquery
 
 
@@ -18,6 +23,18 @@ from tests.warehouses import WAREHOUSES, duckdb_factory, fresh_bigquery
 def bq_emulator() -> Iterator[BigQueryEmulator]:
     with bigquery_emulator() as emulator:
         yield emulator
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[Emulator]:
+    with running_emulator() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    with postgres_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -1,12 +1,6 @@
 """PostgreSQL for the outbox tests: a throwaway cluster (``producer.local_postgres``) shared by a
-test module, and a fresh database with the schema per test.
-
-Use it from a module with a module-scoped fixture::
-
-    @pytest.fixture(scope="module")
-    def postgres() -> Iterator[Postgres]:
-        with postgres_cluster() as cluster:
-            yield cluster
+test module (the ``postgres`` fixture of tests/conftest.py), and a fresh database with the schema
+per test.
 
 Missing server binaries (or no ``postgres`` OS user when running as root) fail the test with
 what to install: CI must run these tests, never skip them. The cluster and its processes are

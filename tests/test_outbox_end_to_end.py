@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -31,7 +30,6 @@ from pipeline.sinks.warehouse import open_warehouse
 from pipeline.tools.pubsub_emulator import (
     Emulator,
     create_topic_and_subscription,
-    running_emulator,
 )
 from producer.db import connect
 from producer.demo import HOLD_LINE, STARTED_LINE, create_subscription, start_relay
@@ -39,22 +37,10 @@ from producer.local_postgres import Postgres
 from producer.service import PaymentsService
 from producer.verify import check_warehouse, committed_events, published_copies
 from producer.workload import Workload, run_workload
-from tests.postgres import fresh_database, postgres_cluster
+from tests.postgres import fresh_database
 
 pytestmark = pytest.mark.slow
 _PUBLISHED = re.compile(r", (\d+) published,")
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    with postgres_cluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[Emulator]:
-    with running_emulator() as running:
-        yield running
 
 
 def _topic(emulator: Emulator, name: str) -> tuple[str, str, str]:

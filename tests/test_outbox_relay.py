@@ -31,7 +31,6 @@ from pipeline.tools.publish import attributes_for
 from pipeline.tools.pubsub_emulator import (
     Emulator,
     create_topic_and_subscription,
-    running_emulator,
 )
 from producer.db import connect
 from producer.demo import HOLD_LINE, start_relay
@@ -48,21 +47,9 @@ from producer.relay import (
 )
 from producer.service import LimitExceeded, PaymentsService
 from producer.workload import run_workload
-from tests.postgres import fresh_database, postgres_cluster
+from tests.postgres import fresh_database
 
 _names = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    with postgres_cluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[Emulator]:
-    with running_emulator() as running:
-        yield running
 
 
 @dataclass(frozen=True)

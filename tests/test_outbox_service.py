@@ -31,13 +31,7 @@ from producer.service import (
     PaymentsService,
     expire_idempotency_keys,
 )
-from tests.postgres import fresh_database, postgres_cluster
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    with postgres_cluster() as cluster:
-        yield cluster
+from tests.postgres import fresh_database
 
 
 @pytest.fixture

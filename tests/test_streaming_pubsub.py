@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -31,7 +31,6 @@ from pipeline.tools.publish import attributes_for, publish
 from pipeline.tools.pubsub_emulator import (
     Emulator,
     create_topic_and_subscription,
-    running_emulator,
 )
 from pipeline.tools.reconcile import Report, check_invariants, check_truth, fetch_tables, load_truth
 from tests.helpers import event_line
@@ -40,24 +39,20 @@ from tests.warehouses import WAREHOUSES, another_run, command_line_warehouse, du
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[Emulator]:
-    with running_emulator() as running:
-        yield running
-
-
 def _channel(emulator: Emulator, name: str, ack_deadline: int = 10) -> tuple[str, str]:
     topic, subscription = emulator.topic(name), emulator.subscription(f"{name}-pipeline")
     create_topic_and_subscription(topic, subscription, ack_deadline_seconds=ack_deadline)
     return topic, subscription
 
 
-def _command(subscription: str, warehouse: Path | str, *extra: str) -> list[str]:
-    """``warehouse``: a DuckDB file, or a --warehouse value."""
+def _command(source: str, warehouse: Path | str, *extra: str) -> list[str]:
+    """``source``: a subscription, or a topic (read through a temporary subscription);
+    ``warehouse``: a DuckDB file, or a --warehouse value."""
+    kind = "topic" if "/topics/" in source else "subscription"
     url = warehouse if isinstance(warehouse, str) else f"duckdb:{warehouse}"
     return [
         sys.executable, "-m", "pipeline",
-        f"--input_subscription={subscription}",
+        f"--input_{kind}={source}",
         f"--warehouse={url}",
         "--batch_flush_seconds=1",
         "--max_batch_rows=100",
@@ -229,11 +224,7 @@ def test_a_topic_run_reads_through_its_own_subscription_and_stops_when_idle(
     pubsub_v1.PublisherClient().create_topic(name=topic)
     lines, truth = _dataset(tmp_path, events=200, seed=23)
     database = tmp_path / "warehouse.duckdb"
-    command = [
-        *_command("", database, "--exit_when_idle_seconds=8"),
-        f"--input_topic={topic}",
-    ]
-    command.remove("--input_subscription=")
+    command = _command(topic, database, "--exit_when_idle_seconds=8")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         publisher = pubsub_v1.PublisherClient()

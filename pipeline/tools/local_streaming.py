@@ -21,6 +21,19 @@ from pipeline.tools.publish import publish
 from pipeline.tools.pubsub_emulator import create_topic_and_subscription, running_emulator
 
 
+def run_until_idle(subscription: str, warehouse: str, idle_seconds: float) -> int:
+    """Run the streaming pipeline as a user would, until it has been idle; its exit code."""
+    return subprocess.run(
+        [
+            sys.executable, "-m", "pipeline",
+            f"--input_subscription={subscription}",
+            f"--warehouse={warehouse}",
+            f"--exit_when_idle_seconds={idle_seconds}",
+        ],
+        check=False,
+    ).returncode  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="build/streaming", help="Working folder (recreated).")
@@ -43,17 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(report.render())
         print("--- streaming pipeline, until idle")
-        pipeline = subprocess.run(
-            [
-                sys.executable, "-m", "pipeline",
-                f"--input_subscription={subscription}",
-                f"--warehouse={warehouse}",
-                f"--exit_when_idle_seconds={args.idle_seconds}",
-            ],
-            check=False,
-        )  # fmt: skip
-        if pipeline.returncode != 0:
-            return pipeline.returncode
+        returncode = run_until_idle(subscription, warehouse, args.idle_seconds)
+        if returncode != 0:
+            return returncode
     print("--- reconcile")
     return subprocess.run(
         [
