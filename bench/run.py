@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -30,17 +31,21 @@ def _json(*args: str) -> dict[str, Any]:
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
-def batch(events: int) -> list[dict[str, Any]]:
+def batch(events: int, rounds: int = 1) -> list[dict[str, Any]]:
+    """Each round runs the three variants back to back; the VM's speed drifts by 10-25% over
+    minutes, so ratios are taken within a round and, over several rounds, their median."""
     folder = OUT / f"events-{events}"
     if not (folder / "truth.jsonl").exists():
         lines, truth = generate(GeneratorConfig(events=events, seed=7, files=8))
         write(lines, truth, str(folder), files=8)
     rows = []
-    for variant in ("pipeline", "beam_deduplicate", "passthrough"):
-        database = OUT / f"batch-{variant}-{events}.duckdb"
-        database.unlink(missing_ok=True)
-        rows.append(_json("bench.batch", variant, f"{folder}/events-*.jsonl", str(database)))
-        database.unlink(missing_ok=True)
+    for round_ in range(1, rounds + 1):
+        for variant in ("pipeline", "beam_deduplicate", "passthrough"):
+            database = OUT / f"batch-{variant}-{events}.duckdb"
+            database.unlink(missing_ok=True)
+            row = _json("bench.batch", variant, f"{folder}/events-*.jsonl", str(database))
+            rows.append({**row, "round": round_})
+            database.unlink(missing_ok=True)
     return rows
 
 
@@ -49,7 +54,7 @@ SOAK_KEYS = 200_000  # distinct keys per soak mode; the no-expiry control grows 
 
 def _sections(events: int, scale: int) -> dict[str, Callable[[], Any]]:
     return {
-        "batch_100k": lambda: batch(100_000 // scale),
+        "batch_100k": lambda: batch(100_000 // scale, rounds=3),
         "batch_large": lambda: batch(events // scale),
         "merge_cost": lambda: [
             _json("bench.merge_cost", str(rows // scale), "10") for rows in (100_000, 10_000_000)
@@ -95,19 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 def render(results: dict[str, Any]) -> str:
     lines = ["Benchmarks (DirectRunner, this machine)"]
     for key in ("batch_100k", "batch_large"):
-        if key not in results:
-            continue
-        rows = {r["variant"]: r for r in results[key]}
-        ours = rows["pipeline"]["lines_per_second"]
-        lines.append(f"  {key}: " + ", ".join(
-            f"{v} {r['lines_per_second']} lines/s (peak {r['peak_rss_mb']} MB)"
-            for v, r in rows.items()))  # fmt: skip
-        versus_beam = ours / rows["beam_deduplicate"]["lines_per_second"]
-        versus_passthrough = ours / rows["passthrough"]["lines_per_second"]
-        lines.append(
-            f"    pipeline / beam_deduplicate = {versus_beam:.2f},"
-            f" pipeline / passthrough = {versus_passthrough:.2f}"
-        )
+        if key in results:
+            lines.extend(_batch_lines(key, results[key]))
     if "merge_cost" in results:
         lines.append(_merge_line(results["merge_cost"]))
     if "streaming_dedup" in results:
@@ -121,6 +115,32 @@ def render(results: dict[str, Any]) -> str:
             for m, r in soak.items()))  # fmt: skip
     lines.append(f"  seconds per section: {results.get('seconds', {})}")
     return "\n".join(lines)
+
+
+def _batch_lines(key: str, runs: list[dict[str, Any]]) -> list[str]:
+    rounds: dict[int, dict[str, dict[str, Any]]] = {}
+    for run in runs:
+        rounds.setdefault(run.get("round", 1), {})[run["variant"]] = run
+    lines = []
+    versus_beam, versus_passthrough = [], []
+    for number, rows in sorted(rounds.items()):
+        ours = rows["pipeline"]["lines_per_second"]
+        versus_beam.append(ours / rows["beam_deduplicate"]["lines_per_second"])
+        versus_passthrough.append(ours / rows["passthrough"]["lines_per_second"])
+        lines.append(f"  {key} round {number}: " + ", ".join(
+            f"{v} {r['lines_per_second']} lines/s (peak {r['peak_rss_mb']} MB)"
+            for v, r in rows.items()))  # fmt: skip
+        lines.append(
+            f"    pipeline / beam_deduplicate = {versus_beam[-1]:.2f},"
+            f" pipeline / passthrough = {versus_passthrough[-1]:.2f}"
+        )
+    if len(rounds) > 1:
+        lines.append(
+            f"    median over {len(rounds)} rounds: pipeline / beam_deduplicate ="
+            f" {statistics.median(versus_beam):.2f}, pipeline / passthrough ="
+            f" {statistics.median(versus_passthrough):.2f}"
+        )
+    return lines
 
 
 def _merge_line(merge_cost: list[dict[str, Any]]) -> str:

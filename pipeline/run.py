@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -29,7 +30,7 @@ from pipeline.sinks.warehouse import WarehouseFactory, open_warehouse, warehouse
 from pipeline.sources import ReadEventFiles, ReadPubSubMessages, seek_subscription
 from pipeline.transforms.dedup import DedupByEventId
 from pipeline.transforms.parse import ParseEvents
-from pipeline.transforms.windows import AssignEventTimeWindows
+from pipeline.transforms.windows import AssignEventTimeWindows, WindowByEventTime
 
 _LOG = logging.getLogger(__name__)
 
@@ -38,10 +39,21 @@ _LOG = logging.getLogger(__name__)
 class PipelineOutputs:
     events: beam.PCollection  # valid events
     dead_letters: beam.PCollection  # refused at parse
-    candidates: beam.PCollection  # LedgerCandidate, after dedup and windowing
-    windowed: beam.PCollection  # (event, primary, source_time) in fixed event-time windows
+    verdicts: beam.PCollection  # (event, primary) after dedup, in the global window
+    candidates: beam.PCollection  # LedgerCandidate: verdicts stamped with their window
     merged: beam.PCollection  # MergeOutcome per committed ledger batch
     dead_letters_merged: beam.PCollection  # rows inserted per dead-letter batch
+    window_size_seconds: int
+    allowed_lateness_seconds: int
+
+    @cached_property
+    def windowed(self) -> beam.PCollection:
+        """The verdicts as ``(event, primary, source_time)`` in their fixed event-time windows,
+        with the configured allowed lateness, for windowed steps a user adds (alerts, Beam-side
+        aggregates). Built on first use, before the pipeline runs: the tables do not need it."""
+        return self.verdicts | "WindowByEventTime" >> WindowByEventTime(
+            self.window_size_seconds, self.allowed_lateness_seconds
+        )
 
 
 def build_pipeline(
@@ -70,8 +82,7 @@ def build_pipeline(
     verdicts = parsed["events"] | "DedupByEventId" >> DedupByEventId(
         opts.dedup_ttl_seconds, opts.dedup_strategy, progress
     )
-    windows = AssignEventTimeWindows(opts.window_size_seconds, opts.allowed_lateness_seconds)
-    candidates = verdicts | "AssignWindows" >> windows
+    candidates = verdicts | "AssignWindows" >> AssignEventTimeWindows(opts.window_size_seconds)
     checkpointing = None
     if progress is not None:
         checkpointing = Checkpointing(
@@ -88,14 +99,15 @@ def build_pipeline(
     dead_letters_merged = parsed[DEAD_LETTER_TAG] | "MergeDeadLetters" >> UpsertDeadLetters(
         factory, **sink_args
     )
-    assert windows.windowed is not None
     return PipelineOutputs(
         events=parsed["events"],
         dead_letters=parsed[DEAD_LETTER_TAG],
+        verdicts=verdicts,
         candidates=candidates,
-        windowed=windows.windowed,
         merged=merged,
         dead_letters_merged=dead_letters_merged,
+        window_size_seconds=opts.window_size_seconds,
+        allowed_lateness_seconds=opts.allowed_lateness_seconds,
     )
 
 

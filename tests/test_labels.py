@@ -1,6 +1,11 @@
 """Step labels are API: Dataflow's ``--update`` maps a running job's state to the new graph by
 label, so renaming a step (above all the stateful dedup and the sink) breaks updates. These lists
-pin them; change them only with a migration note (a ``--transform_name_mapping``)."""
+pin them; change them only with a migration note (a ``--transform_name_mapping``).
+
+History: before the first release, ``DedupByEventId/GlobalWindow`` (now applied only to input
+that is not in the global window) and ``AssignWindows/{ToEventTime, FixedEventTimeWindows,
+BackToGlobalWindow}`` (now one step; the windowed branch is built only on request) were removed.
+Both were stateless, so no state was mapped by them."""
 
 from __future__ import annotations
 
@@ -19,15 +24,11 @@ BOUNDED = [
     "ParseEvents",
     "ParseEvents/ValidateContract",
     "DedupByEventId",
-    "DedupByEventId/GlobalWindow",
     "DedupByEventId/KeyByEventId",
     "DedupByEventId/GroupVersionsByEventId",
     "DedupByEventId/ChooseVersion",
     "AssignWindows",
-    "AssignWindows/ToEventTime",
-    "AssignWindows/FixedEventTimeWindows",
     "AssignWindows/StampWindowBounds",
-    "AssignWindows/BackToGlobalWindow",
     "MergeLedger",
     "MergeLedger/BatchByEventDay",
     "MergeLedger/MergeBatches",

@@ -168,12 +168,13 @@ class DedupByEventId(beam.PTransform):
         self._progress = progress
 
     def expand(self, events: beam.PCollection) -> beam.PCollection:
-        keyed = (
-            events
-            | "GlobalWindow" >> beam.WindowInto(GlobalWindows())
-            | "KeyByEventId"
-            >> beam.Map(lambda event: (event.event_id, event)).with_output_types(tuple[str, Event])
-        )
+        if not events.windowing.is_default():
+            # Sources deliver in the global window with the default trigger already; re-windowing
+            # every element there would cost a WindowInto step for nothing.
+            events = events | "GlobalWindow" >> beam.WindowInto(GlobalWindows())
+        keyed = events | "KeyByEventId" >> beam.Map(
+            lambda event: (event.event_id, event)
+        ).with_output_types(tuple[str, Event])
         stateful = self._strategy == "stateful" or (
             self._strategy == "auto" and not events.is_bounded
         )

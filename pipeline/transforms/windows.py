@@ -1,8 +1,8 @@
 """Event-time windows: which fixed window each accepted event belongs to.
 
-Beam's ``FixedWindows`` is the single definition of a window here. Each event is assigned to its
-window in event time and the window's bounds are stamped on the row, so the warehouse recomputes
-exactly the windows Beam assigned (``account_window_totals`` is keyed by them).
+Beam's ``FixedWindows`` is the single definition of a window here. Each candidate is stamped
+with the bounds of the window ``FixedWindows`` assigns to its payload's event_time, so the
+warehouse recomputes exactly those windows (``account_window_totals`` is keyed by them).
 
 Totals are not summed in Beam: a sum held in the pipeline would count a duplicate that outlived
 the dedup state twice, and would be wrong after a partial replay. The sink recomputes each
@@ -11,10 +11,11 @@ exactly the sum over ``transaction_events``.
 
 That is also why no step here groups by window and nothing is ever dropped for lateness: an
 event arriving after its window closed still lands in the ledger and its window is recomputed.
-``allowed_lateness`` is set on the windowing strategy of the ``windowed`` PCollection this
-composite returns; it matters only to windowed aggregations a user adds on that output (for
-example, Beam-side alerts), which Beam would close ``allowed_lateness`` after the watermark
-passes the window's end.
+The sink's path therefore stays in the global window: the bounds are computed in one step, not
+by windowing every element into ``FixedWindows`` and back (two ``WindowInto`` steps cost a third
+of a batch run on the DirectRunner; BENCHMARKS.md). :class:`WindowByEventTime` puts the verdicts
+into those same windows, with ``allowed_lateness``, for windowed steps a user adds (for example
+Beam-side alerts); Beam closes those ``allowed_lateness`` after the watermark passes a window.
 """
 
 from __future__ import annotations
@@ -23,12 +24,7 @@ import datetime as dt
 from collections.abc import Iterator
 
 import apache_beam as beam
-from apache_beam.transforms.window import (
-    FixedWindows,
-    GlobalWindows,
-    IntervalWindow,
-    TimestampedValue,
-)
+from apache_beam.transforms.window import FixedWindows, TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from pipeline.events import Event, LedgerCandidate, from_micros, to_micros
@@ -46,6 +42,72 @@ _SOURCE_MICROS = range(
 Timed = tuple[Event, bool, int | None]
 
 
+def _source_micros(timestamp: Timestamp) -> int | None:
+    micros = timestamp.micros
+    # Outside: a runner's MIN/MAX timestamp, no source position to track.
+    return micros if micros in _SOURCE_MICROS else None
+
+
+def _validated(window_size_seconds: int, allowed_lateness_seconds: int = 0) -> None:
+    if not 1 <= window_size_seconds <= MAX_WINDOW_SECONDS:
+        raise ValueError(
+            f"window_size_seconds must be in 1..{MAX_WINDOW_SECONDS}, got {window_size_seconds}"
+        )
+    if allowed_lateness_seconds < 0:
+        raise ValueError(f"allowed_lateness_seconds must be >= 0, got {allowed_lateness_seconds}")
+
+
+class StampWindowFn(beam.DoFn):
+    """(event, primary) -> :class:`LedgerCandidate` with the bounds of its event-time window."""
+
+    def __init__(self, windows: FixedWindows) -> None:
+        # FixedWindows.assign's own arithmetic (start = t - (t - offset) % size), on integer
+        # microseconds: the same windows without three Timestamp objects per element
+        # (tests/transforms/test_windows.py checks them against FixedWindows.assign).
+        self._size = windows.size.micros
+        self._offset = windows.offset.micros
+
+    def process(
+        self,
+        verdict: tuple[Event, bool],
+        source_time: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
+    ) -> Iterator[LedgerCandidate]:
+        event, primary = verdict
+        micros = to_micros(event.event_time)
+        start = micros - (micros - self._offset) % self._size
+        source = _source_micros(source_time)
+        if source is None:
+            source_at = None
+        elif source == micros:  # file input: timestamped with the event time
+            source_at = event.event_time
+        else:
+            source_at = from_micros(source)
+        yield LedgerCandidate(
+            event, primary, from_micros(start), from_micros(start + self._size), source_at
+        )
+
+
+class AssignEventTimeWindows(beam.PTransform):
+    """``(event, primary)`` -> :class:`LedgerCandidate` with its fixed event-time window.
+
+    The window is the one ``FixedWindows(window_size_seconds)`` assigns to the payload's
+    event_time; the element's incoming timestamp (the source time) is kept on the candidate and
+    as its timestamp. Elements stay in their window (the dedup's output is in the global window,
+    so the sink can batch rows of many windows into one MERGE). Ordering is not changed; no
+    element is dropped, late or not.
+    """
+
+    def __init__(self, window_size_seconds: int) -> None:
+        super().__init__()
+        _validated(window_size_seconds)
+        self._windows = FixedWindows(window_size_seconds)
+
+    def expand(self, verdicts: beam.PCollection) -> beam.PCollection:
+        return verdicts | "StampWindowBounds" >> beam.ParDo(
+            StampWindowFn(self._windows)
+        ).with_output_types(LedgerCandidate)
+
+
 class ToEventTimeFn(beam.DoFn):
     """Timestamp each verdict with its payload's event_time, keeping the source time."""
 
@@ -55,64 +117,33 @@ class ToEventTimeFn(beam.DoFn):
         source_time: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[TimestampedValue]:
         event, primary = verdict
-        micros = source_time.micros
-        # Outside: a runner's MIN/MAX timestamp, no source position to track.
-        source = micros if micros in _SOURCE_MICROS else None
         yield TimestampedValue(
-            (event, primary, source), Timestamp(micros=to_micros(event.event_time))
+            (event, primary, _source_micros(source_time)),
+            Timestamp(micros=to_micros(event.event_time)),
         )
 
 
-class StampWindowFn(beam.DoFn):
-    def process(
-        self,
-        element: Timed,
-        window: IntervalWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
-    ) -> Iterator[LedgerCandidate]:
-        event, primary, source = element
-        yield LedgerCandidate(
-            event,
-            primary,
-            from_micros(window.start.micros),
-            from_micros(window.end.micros),
-            None if source is None else from_micros(source),
-        )
+class WindowByEventTime(beam.PTransform):
+    """``(event, primary)`` -> ``(event, primary, source time in microseconds or None)``,
+    timestamped with event_time, in the ``FixedWindows`` the candidates are stamped with.
 
-
-class AssignEventTimeWindows(beam.PTransform):
-    """``(event, primary)`` -> :class:`LedgerCandidate` with its fixed event-time window.
-
-    Each element is first timestamped with its payload's event_time (its incoming timestamp, the
-    source time, is kept on the candidate), then windowed. Output is re-windowed into the global
-    window so the sink can batch rows of many windows into one MERGE. Ordering is not changed; no
-    element is dropped, late or not.
+    For windowed steps a user adds on the pipeline's verdicts (``PipelineOutputs.windowed``);
+    ``allowed_lateness_seconds`` governs when Beam closes those windows. The pipeline's own
+    path does not go through it.
     """
 
     def __init__(self, window_size_seconds: int, allowed_lateness_seconds: int = 0) -> None:
         super().__init__()
-        if not 1 <= window_size_seconds <= MAX_WINDOW_SECONDS:
-            raise ValueError(
-                f"window_size_seconds must be in 1..{MAX_WINDOW_SECONDS}, got {window_size_seconds}"
-            )
-        if allowed_lateness_seconds < 0:
-            raise ValueError(
-                f"allowed_lateness_seconds must be >= 0, got {allowed_lateness_seconds}"
-            )
+        _validated(window_size_seconds, allowed_lateness_seconds)
         self._size = window_size_seconds
         self._lateness = allowed_lateness_seconds
-        self.windowed: beam.PCollection | None = None
 
     def expand(self, verdicts: beam.PCollection) -> beam.PCollection:
-        self.windowed = (
+        return (
             verdicts
             | "ToEventTime" >> beam.ParDo(ToEventTimeFn()).with_output_types(Timed)
             | "FixedEventTimeWindows"
             >> beam.WindowInto(
                 FixedWindows(self._size), allowed_lateness=Duration(seconds=self._lateness)
             )
-        )
-        return (
-            self.windowed
-            | "StampWindowBounds" >> beam.ParDo(StampWindowFn()).with_output_types(LedgerCandidate)
-            | "BackToGlobalWindow" >> beam.WindowInto(GlobalWindows())
         )
