@@ -45,7 +45,7 @@ def _dedup_step(variant: str) -> beam.PTransform:
     return "AsVerdict" >> beam.Map(lambda e: (e, True))  # passthrough: every event is primary
 
 
-def run(variant: str, files: str, database: str) -> dict[str, float]:
+def run(variant: str, files: str, database: str) -> dict[str, object]:
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}")
     factory = warehouse_factory(f"duckdb:{database}")

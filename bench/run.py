@@ -49,6 +49,18 @@ def batch(events: int, rounds: int = 1) -> list[dict[str, Any]]:
     return rows
 
 
+def shared_path(events: int) -> list[dict[str, Any]]:
+    """The pass-through pipeline cut after each step (bench/shared_path.py), on the batch input."""
+    folder = OUT / f"events-{events}"  # written by batch() with the same size
+    database = OUT / f"shared-path-{events}.duckdb"
+    rows = []
+    for prefix in ("read", "parse", "stamp_windows", "batch", "merge"):
+        database.unlink(missing_ok=True)
+        rows.append(_json("bench.shared_path", prefix, f"{folder}/events-*.jsonl", str(database)))
+    database.unlink(missing_ok=True)
+    return rows
+
+
 SOAK_KEYS = 200_000  # distinct keys per soak mode; the no-expiry control grows ~2 KB a key
 
 
@@ -56,12 +68,19 @@ def _sections(events: int, scale: int) -> dict[str, Callable[[], Any]]:
     return {
         "batch_100k": lambda: batch(100_000 // scale, rounds=3),
         "batch_large": lambda: batch(events // scale),
+        "shared_path": lambda: shared_path(events // scale),
         "merge_cost": lambda: [
-            _json("bench.merge_cost", str(rows // scale), "10") for rows in (100_000, 10_000_000)
+            {**_json("bench.merge_cost", str(rows // scale), "10"), "round": round_}
+            for round_ in (1, 2, 3)
+            for rows in (100_000, 10_000_000)
         ],
+        # Three rounds of the two stateful variants (their ratio is close to 1 and the VM's speed
+        # drifts), one of the bare stream.
         "streaming_dedup": lambda: [
-            _json("bench.streaming", variant, str(100_000 // scale))
+            {**_json("bench.streaming", variant, str(100_000 // scale)), "round": round_}
+            for round_ in (1, 2, 3)
             for variant in ("pipeline", "beam_deduplicate", "none")
+            if variant != "none" or round_ == 1
         ],
         "soak": lambda: [
             _json("tests.test_soak", mode, str(SOAK_KEYS // scale), "5000")
@@ -102,12 +121,13 @@ def render(results: dict[str, Any]) -> str:
     for key in ("batch_100k", "batch_large"):
         if key in results:
             lines.extend(_batch_lines(key, results[key]))
+    if "shared_path" in results:
+        lines.append("  shared path, cumulative seconds: " + ", ".join(
+            f"{r['prefix']} {r['seconds']}" for r in results["shared_path"]))  # fmt: skip
     if "merge_cost" in results:
-        lines.append(_merge_line(results["merge_cost"]))
+        lines.extend(_merge_lines(results["merge_cost"]))
     if "streaming_dedup" in results:
-        stream = {r["variant"]: r for r in results["streaming_dedup"]}
-        lines.append("  streaming dedup: " + ", ".join(
-            f"{v} {r['events_per_second']} el/s" for v, r in stream.items()))  # fmt: skip
+        lines.extend(_streaming_lines(results["streaming_dedup"]))
     if "soak" in results:
         soak = {r["mode"]: r for r in results["soak"]}
         lines.append("  soak: " + ", ".join(
@@ -143,15 +163,41 @@ def _batch_lines(key: str, runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _merge_line(merge_cost: list[dict[str, Any]]) -> str:
-    small, large = merge_cost
-    return (
-        f"  merge 10k into {small['target_rows']}: {small['median_batch_ms']} ms,"
-        f" into {large['target_rows']}: {large['median_batch_ms']} ms"
-        f" (ratio {large['median_batch_ms'] / small['median_batch_ms']:.2f});"
-        f" with checkpoint share {small['per_batch_ms_with_checkpoint']} /"
-        f" {large['per_batch_ms_with_checkpoint']} ms"
-    )
+def _streaming_lines(runs: list[dict[str, Any]]) -> list[str]:
+    rounds: dict[int, dict[str, dict[str, Any]]] = {}
+    for run in runs:
+        rounds.setdefault(run.get("round", 1), {})[run["variant"]] = run
+    lines, ratios = [], []
+    for number, rows in sorted(rounds.items()):
+        ratios.append(
+            rows["pipeline"]["events_per_second"] / rows["beam_deduplicate"]["events_per_second"]
+        )
+        rates = ", ".join(f"{v} {r['events_per_second']} el/s" for v, r in rows.items())
+        lines.append(
+            f"  streaming dedup round {number}: {rates}"
+            f" (pipeline / beam_deduplicate = {ratios[-1]:.2f})"
+        )
+    if len(rounds) > 1:
+        lines.append(f"    median pipeline / beam_deduplicate = {statistics.median(ratios):.2f}")
+    return lines
+
+
+def _merge_lines(merge_cost: list[dict[str, Any]]) -> list[str]:
+    rounds: dict[int, list[dict[str, Any]]] = {}
+    for run in merge_cost:
+        rounds.setdefault(run.get("round", 1), []).append(run)
+    lines, ratios = [], []
+    for number, (small, large) in sorted(rounds.items()):
+        ratios.append(large["median_batch_ms"] / small["median_batch_ms"])
+        lines.append(
+            f"  merge round {number}: 10k into {small['target_rows']}:"
+            f" {small['median_batch_ms']} ms, into {large['target_rows']}:"
+            f" {large['median_batch_ms']} ms (ratio {ratios[-1]:.2f}); with checkpoint share"
+            f" {small['per_batch_ms_with_checkpoint']} / {large['per_batch_ms_with_checkpoint']} ms"
+        )
+    if len(rounds) > 1:
+        lines.append(f"    median merge ratio = {statistics.median(ratios):.2f}")
+    return lines
 
 
 if __name__ == "__main__":

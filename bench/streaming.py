@@ -35,7 +35,7 @@ def _stream(events: int) -> TestStream:
     return stream.advance_watermark_to_infinity()
 
 
-def run(variant: str, events: int) -> dict[str, float]:
+def run(variant: str, events: int) -> dict[str, object]:
     pipeline = beam.Pipeline(options=PipelineOptions(["--streaming"]))
     keyed = (
         pipeline
