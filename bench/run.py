@@ -31,13 +31,19 @@ def _json(*args: str) -> dict[str, Any]:
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
-def batch(events: int, rounds: int = 1) -> list[dict[str, Any]]:
-    """Each round runs the three variants back to back; the VM's speed drifts by 10-25% over
-    minutes, so ratios are taken within a round and, over several rounds, their median."""
+def _input(events: int) -> Path:
+    """The generated batch input of this size (seed 7, 8 files), written once and reused."""
     folder = OUT / f"events-{events}"
     if not (folder / "truth.jsonl").exists():
         lines, truth = generate(GeneratorConfig(events=events, seed=7, files=8))
         write(lines, truth, str(folder), files=8)
+    return folder
+
+
+def batch(events: int, rounds: int = 1) -> list[dict[str, Any]]:
+    """Each round runs the three variants back to back; the VM's speed drifts by 10-25% over
+    minutes, so ratios are taken within a round and, over several rounds, their median."""
+    folder = _input(events)
     rows = []
     for round_ in range(1, rounds + 1):
         for variant in ("pipeline", "beam_deduplicate", "passthrough"):
@@ -51,7 +57,7 @@ def batch(events: int, rounds: int = 1) -> list[dict[str, Any]]:
 
 def shared_path(events: int) -> list[dict[str, Any]]:
     """The pass-through pipeline cut after each step (bench/shared_path.py), on the batch input."""
-    folder = OUT / f"events-{events}"  # written by batch() with the same size
+    folder = _input(events)
     database = OUT / f"shared-path-{events}.duckdb"
     rows = []
     for prefix in ("read", "parse", "stamp_windows", "batch", "merge"):
@@ -137,13 +143,23 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _batch_lines(key: str, runs: list[dict[str, Any]]) -> list[str]:
-    rounds: dict[int, dict[str, dict[str, Any]]] = {}
+def _by_round(runs: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """Runs grouped by their round, in round order (results without rounds are one round)."""
+    rounds: dict[int, list[dict[str, Any]]] = {}
     for run in runs:
-        rounds.setdefault(run.get("round", 1), {})[run["variant"]] = run
+        rounds.setdefault(run.get("round", 1), []).append(run)
+    return dict(sorted(rounds.items()))
+
+
+def _by_variant(runs: list[dict[str, Any]]) -> dict[int, dict[str, dict[str, Any]]]:
+    return {n: {r["variant"]: r for r in rows} for n, rows in _by_round(runs).items()}
+
+
+def _batch_lines(key: str, runs: list[dict[str, Any]]) -> list[str]:
+    rounds = _by_variant(runs)
     lines = []
     versus_beam, versus_passthrough = [], []
-    for number, rows in sorted(rounds.items()):
+    for number, rows in rounds.items():
         ours = rows["pipeline"]["lines_per_second"]
         versus_beam.append(ours / rows["beam_deduplicate"]["lines_per_second"])
         versus_passthrough.append(ours / rows["passthrough"]["lines_per_second"])
@@ -164,11 +180,9 @@ def _batch_lines(key: str, runs: list[dict[str, Any]]) -> list[str]:
 
 
 def _streaming_lines(runs: list[dict[str, Any]]) -> list[str]:
-    rounds: dict[int, dict[str, dict[str, Any]]] = {}
-    for run in runs:
-        rounds.setdefault(run.get("round", 1), {})[run["variant"]] = run
+    rounds = _by_variant(runs)
     lines, ratios = [], []
-    for number, rows in sorted(rounds.items()):
+    for number, rows in rounds.items():
         ratios.append(
             rows["pipeline"]["events_per_second"] / rows["beam_deduplicate"]["events_per_second"]
         )
@@ -183,11 +197,9 @@ def _streaming_lines(runs: list[dict[str, Any]]) -> list[str]:
 
 
 def _merge_lines(merge_cost: list[dict[str, Any]]) -> list[str]:
-    rounds: dict[int, list[dict[str, Any]]] = {}
-    for run in merge_cost:
-        rounds.setdefault(run.get("round", 1), []).append(run)
+    rounds = _by_round(merge_cost)
     lines, ratios = [], []
-    for number, (small, large) in sorted(rounds.items()):
+    for number, (small, large) in rounds.items():
         ratios.append(large["median_batch_ms"] / small["median_batch_ms"])
         lines.append(
             f"  merge round {number}: 10k into {small['target_rows']}:"

@@ -420,8 +420,9 @@ class LedgerCandidate(NamedTuple):
 
 
 @functools.lru_cache(maxsize=4096)
-def _window_bound(micros: int) -> dt.datetime:
-    # Window bounds repeat across many candidates (one per window, not per event).
+def window_bound(micros: int) -> dt.datetime:
+    """A window bound as a datetime: :func:`from_micros`, cached, since bounds repeat across
+    many candidates (one per window, not per event)."""
     return from_micros(micros)
 
 
@@ -464,9 +465,7 @@ class LedgerCandidateCoder(beam.coders.Coder):
             source_time = event.event_time
         else:
             source_time = from_micros(source)
-        return LedgerCandidate(
-            event, primary, _window_bound(start), _window_bound(end), source_time
-        )
+        return LedgerCandidate(event, primary, window_bound(start), window_bound(end), source_time)
 
     def is_deterministic(self) -> bool:
         return True

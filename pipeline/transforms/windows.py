@@ -27,7 +27,7 @@ import apache_beam as beam
 from apache_beam.transforms.window import FixedWindows, TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from pipeline.events import Event, LedgerCandidate, from_micros, to_micros
+from pipeline.events import Event, LedgerCandidate, from_micros, to_micros, window_bound
 
 MAX_WINDOW_SECONDS = 86_400  # see events.MAX_EVENT_TIME: window ends must stay valid timestamps
 
@@ -83,7 +83,7 @@ class StampWindowFn(beam.DoFn):
         else:
             source_at = from_micros(source)
         yield LedgerCandidate(
-            event, primary, from_micros(start), from_micros(start + self._size), source_at
+            event, primary, window_bound(start), window_bound(start + self._size), source_at
         )
 
 
