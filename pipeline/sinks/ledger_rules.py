@@ -1,8 +1,9 @@
 """The ledger's rules, shared by every warehouse: which version is written, which is refused.
 
-A warehouse stages a batch, inserts the chosen versions whose event_id is absent, reads back what
-its ledger holds for the batch's ids and hands both to :func:`judge`. Keeping these rules in
-Python, out of each warehouse's SQL, means DuckDB and BigQuery cannot drift apart.
+A warehouse stages a batch, inserts the chosen versions whose event_id is absent, and hands what
+its ledger then holds for the batch's ids to :func:`judge`: read back after the insert, or derived
+from what it held before (:func:`held_after_insert`). Keeping these rules in Python, out of each
+warehouse's SQL, means DuckDB and BigQuery cannot drift apart.
 """
 
 from __future__ import annotations
@@ -34,24 +35,41 @@ def prepare(batch: Iterable[LedgerCandidate]) -> PreparedBatch:
     primaries for one event_id (possible when dedup state expired between them) only the earliest
     stays primary.
     """
+    # Every row of every batch passes here, so each loop hashes an event once and rebuilds only
+    # the candidates whose flag changes (the common batch has neither copies nor conflicts).
     by_event: dict[Event, LedgerCandidate] = {}
     total = 0
     for candidate in batch:
         total += 1
-        known = by_event.get(candidate.event)
-        if known is None or (candidate.primary and not known.primary):
+        known = by_event.setdefault(candidate.event, candidate)
+        if candidate.primary and not known.primary:
             by_event[candidate.event] = candidate
     primary_of: dict[str, Event] = {}
     for event, candidate in by_event.items():
         if candidate.primary:
-            current = primary_of.get(event.event_id)
-            if current is None or _order(event) < _order(current):
+            current = primary_of.setdefault(event.event_id, event)
+            if current is not event and _order(event) < _order(current):
                 primary_of[event.event_id] = event
     prepared = tuple(
-        candidate._replace(primary=primary_of.get(event.event_id) == event)
+        candidate
+        if candidate.primary == (primary_of.get(event.event_id) is event)
+        else candidate._replace(primary=not candidate.primary)
         for event, candidate in by_event.items()
     )
     return PreparedBatch(prepared, total - len(prepared))
+
+
+def held_after_insert(
+    candidates: Iterable[LedgerCandidate], stored: Mapping[str, Event]
+) -> dict[str, Event]:
+    """The version the ledger holds per id once a batch's insert has run, from what it held
+    before: the stored version where there was one, otherwise the batch's primary (the insert
+    adds exactly the primaries of absent ids)."""
+    held = dict(stored)
+    for candidate in candidates:
+        if candidate.primary:
+            held.setdefault(candidate.event.event_id, candidate.event)
+    return held
 
 
 @dataclass(frozen=True)

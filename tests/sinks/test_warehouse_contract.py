@@ -149,6 +149,22 @@ def test_version_with_another_event_time_cannot_land_twice(wh: Warehouse) -> Non
     assert_consistent(wh)
 
 
+def test_a_lone_other_version_is_compared_with_a_version_stored_days_away(wh: Warehouse) -> None:
+    """A non-primary version inserts nothing, so no primary key can reveal its stored twin outside
+    the batch's time range: the warehouse must still find it, and say what differs."""
+    stored = event("e1", at=T0)
+    merge(wh, [stored])
+    days_later = T0 + dt.timedelta(days=5)
+    other = event("e1", amount="11", at=days_later)
+    neighbour = event("e2", transaction_id="t2", at=days_later)
+    outcome = wh.merge_events([cand(other, primary=False), cand(neighbour)])
+    assert (outcome.inserted, outcome.conflicts, outcome.used_fallback) == (1, 1, False)
+    assert ledger(wh) == [stored, neighbour]
+    (dead,) = wh.fetch_rows("dead_letters")
+    assert "amount, event_time" in dead["error"]
+    assert_consistent(wh)
+
+
 def test_older_event_never_overwrites_newer_transaction_state(wh: Warehouse) -> None:
     posted = event("e2", status="POSTED", at=T0 + dt.timedelta(minutes=5))
     pending = event("e1", status="PENDING", at=T0)
@@ -220,6 +236,46 @@ def test_duckdb_rolls_a_failing_batch_back_whole(duckdb_path: str, failing_table
         faulty.merge_events([cand(event("e2", transaction_id="t2"))])
     faulty.close()
     # The ledger MERGE ran before the failing one; it was rolled back with it.
+    assert fetch_tables(wh) == before
+
+
+class _LedgerChangesBeforeInsert:
+    """A real connection on which another version of ``event`` lands in the ledger just before
+    the batch's ledger MERGE: the state a wrong read of the ledger would leave."""
+
+    def __init__(self, inner: duckdb.DuckDBPyConnection, event: Event) -> None:
+        self._inner = inner
+        self._event = event
+
+    def execute(self, sql: str, *args: object, **kwargs: object) -> object:
+        if "MERGE INTO transaction_events" in sql:
+            self._inner.execute(
+                "INSERT INTO transaction_events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [*self._event, T0],
+            )
+        return self._inner.execute(sql, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+def test_duckdb_fails_a_batch_whose_insert_count_is_not_the_absent_ids(duckdb_path: str) -> None:
+    """DuckDB derives what the ledger holds after the insert from what it held before; if the
+    insert did not add exactly the absent ids, the batch fails loudly and leaves nothing."""
+    wh = DuckDBWarehouse(duckdb_path)
+    wh.create_tables()
+    merge(wh, [event("e1")])
+    before = fetch_tables(wh)
+    wh.close()
+    faulty = DuckDBWarehouse(
+        duckdb_path,
+        connect=lambda path: _LedgerChangesBeforeInsert(  # type: ignore[arg-type,return-value]
+            duckdb.connect(path), event("e2", amount="7")
+        ),
+    )
+    with pytest.raises(RuntimeError, match="inserted 0 rows where 1 event ids were absent"):
+        faulty.merge_events([cand(event("e2"))])
+    faulty.close()
     assert fetch_tables(wh) == before
 
 
