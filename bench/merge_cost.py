@@ -2,7 +2,9 @@
 10,000,000, through DuckDBWarehouse.merge_events (stage, ledger MERGE, transactions MERGE, window
 recomputation: the whole batch). The target is filled in bulk by SQL (the shape the pipeline
 writes); then ``repeats`` consecutive batches are merged and a final CHECKPOINT is forced, and
-the time per batch includes that checkpoint's share (its cost grows with the table).
+the time per batch includes that checkpoint's share (its cost grows with the table). Each SQL
+statement is timed too, through the warehouse's connection seam (median per batch, by the
+statement's first words), so a cost that grows with the table can be traced to its statement.
 
     python -m bench.merge_cost ROWS [REPEATS]   # prints a JSON line
 """
@@ -16,8 +18,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -30,8 +34,10 @@ BATCH = 10_000
 
 
 def _fill(path: str, rows: int) -> None:
-    """A ledger of ``rows`` events, one a second from START, and their transactions; appended
-    in time order, as streaming input mostly is."""
+    """A ledger of ``rows`` events, one a second from START, and their transactions, both
+    appended in event-time order as the pipeline writes them (batches are chunks in event-time
+    order). The order matters for DuckDB: the time-restricted MERGEs prune by each row group's
+    min/max event_time, which an unordered fill would make useless (BENCHMARKS.md, section 2)."""
     warehouse = DuckDBWarehouse(path)
     warehouse.create_tables()
     warehouse.close()
@@ -50,7 +56,8 @@ def _fill(path: str, rows: int) -> None:
                SELECT transaction_id, account_id, amount, currency, status, event_time, event_id,
                       ingested_at
                FROM transaction_events QUALIFY row_number() OVER (
-                   PARTITION BY transaction_id ORDER BY event_time DESC, event_id DESC) = 1"""
+                   PARTITION BY transaction_id ORDER BY event_time DESC, event_id DESC) = 1
+               ORDER BY event_time"""
         )
         con.execute("CHECKPOINT")
 
@@ -69,14 +76,39 @@ def _batch(rows: int, offset: int = 0) -> list[LedgerCandidate]:
     return batch
 
 
-def measure(rows: int, repeats: int = 5) -> dict[str, float]:
+class _TimedConnection:
+    """A real DuckDB connection that records how long each statement takes."""
+
+    def __init__(self, inner: duckdb.DuckDBPyConnection) -> None:
+        self._inner = inner
+        self.seconds: dict[str, list[float]] = defaultdict(list)
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return self._inner.execute(sql, *args)
+        finally:
+            self.seconds[" ".join(sql.split()[:6])].append(time.perf_counter() - began)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def measure(rows: int, repeats: int = 5) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="merge-cost-"))
     try:
         path = str(folder / "ledger.duckdb")
         _fill(path, rows)
         batches = [_batch(rows, k * BATCH) for k in range(repeats)]
-        warehouse = DuckDBWarehouse(path)
+        timed: list[_TimedConnection] = []
+
+        def connect(database: str) -> Any:
+            timed.append(_TimedConnection(duckdb.connect(database)))
+            return timed[-1]
+
+        warehouse = DuckDBWarehouse(path, connect=connect)
         warehouse.create_tables()
+        timed[0].seconds.clear()  # the batches' statements only
         times = []
         started = time.perf_counter()
         for batch in batches:
@@ -95,6 +127,11 @@ def measure(rows: int, repeats: int = 5) -> dict[str, float]:
             "median_batch_ms": round(1000 * statistics.median(times)),
             "checkpoint_ms": round(1000 * (ended - checkpoint)),
             "per_batch_ms_with_checkpoint": round(1000 * (ended - started) / repeats),
+            "statement_ms": {
+                statement: round(1000 * statistics.median(seconds), 1)
+                for statement, seconds in timed[0].seconds.items()
+                if len(seconds) >= repeats  # per batch, not the final CHECKPOINT
+            },
         }
     finally:
         shutil.rmtree(folder, ignore_errors=True)
