@@ -122,9 +122,9 @@ def _ledger_merge_sql(restricted: bool) -> str:
     """
 
 
-# Read back as a naive UTC TIMESTAMP: the Python client converts a TIMESTAMPTZ through a time zone
+# Read as a naive UTC TIMESTAMP: the Python client converts a TIMESTAMPTZ through a time zone
 # lookup per value, ten times slower (about 3 against 0.3 microseconds, measured on 5,000 rows),
-# and the ledger read-back reads every row of every batch.
+# and a replayed batch reads every one of its rows here.
 _LEDGER_READ_COLUMNS = ", ".join(
     f"timezone('UTC', {c})" if c == "event_time" else c for c in _EVENT_COLUMNS
 )
