@@ -35,25 +35,21 @@ def prepare(batch: Iterable[LedgerCandidate]) -> PreparedBatch:
     primaries for one event_id (possible when dedup state expired between them) only the earliest
     stays primary.
     """
-    # Every row of every batch passes here, so each loop hashes an event once and rebuilds only
-    # the candidates whose flag changes (the common batch has neither copies nor conflicts).
     by_event: dict[Event, LedgerCandidate] = {}
     total = 0
     for candidate in batch:
         total += 1
-        known = by_event.setdefault(candidate.event, candidate)
-        if candidate.primary and not known.primary:
+        known = by_event.get(candidate.event)
+        if known is None or (candidate.primary and not known.primary):
             by_event[candidate.event] = candidate
     primary_of: dict[str, Event] = {}
     for event, candidate in by_event.items():
         if candidate.primary:
-            current = primary_of.setdefault(event.event_id, event)
-            if current is not event and _order(event) < _order(current):
+            current = primary_of.get(event.event_id)
+            if current is None or _order(event) < _order(current):
                 primary_of[event.event_id] = event
     prepared = tuple(
-        candidate
-        if candidate.primary == (primary_of.get(event.event_id) is event)
-        else candidate._replace(primary=not candidate.primary)
+        candidate._replace(primary=primary_of.get(event.event_id) == event)
         for event, candidate in by_event.items()
     )
     return PreparedBatch(prepared, total - len(prepared))
