@@ -351,12 +351,13 @@ class DuckDBWarehouse(Warehouse):
             stored = self._stored_versions(candidates, restricted, values)
             inserted = run(_ledger_merge_sql(restricted))
             held = ledger_rules.held_after_insert(candidates, stored)
-            if inserted != len(held) - len(stored):
+            absent = len(held) - len(stored)
+            if inserted != absent:
                 # Only a bug can get here: the PRIMARY KEY and this transaction's snapshot make
                 # the insert add exactly the absent ids' primaries. Fail loudly, never guess.
                 raise RuntimeError(
-                    f"the ledger MERGE inserted {inserted} rows where"
-                    f" {len(held) - len(stored)} event ids were absent"
+                    f"the ledger MERGE inserted {inserted} rows"
+                    f" where {absent} event ids were absent"
                 )
             judgement = ledger_rules.judge(candidates, held)
             dead_letters = self._insert_dead_letters(list(judgement.conflicts))

@@ -5,7 +5,7 @@ totals, and idempotence of every step."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 
 import duckdb
@@ -219,24 +219,38 @@ def test_dead_letters_merge_is_idempotent(wh: Warehouse) -> None:
     assert len(wh.fetch_rows("dead_letters")) == 1
 
 
-@pytest.mark.parametrize("failing_table", ["transactions", "account_window_totals"])
-def test_duckdb_rolls_a_failing_batch_back_whole(duckdb_path: str, failing_table: str) -> None:
+def _assert_batch_fails_whole(
+    duckdb_path: str,
+    connect: Callable[[str], object],
+    batch: Sequence[LedgerCandidate],
+    error: type[Exception],
+    match: str | None = None,
+) -> None:
+    """Over a ledger holding e1, merging ``batch`` through ``connect`` raises ``error`` and
+    leaves every table as it was."""
     wh = DuckDBWarehouse(duckdb_path)
     wh.create_tables()
     merge(wh, [event("e1")])
     before = fetch_tables(wh)
     wh.close()
-    faulty = DuckDBWarehouse(
+    faulty = DuckDBWarehouse(duckdb_path, connect=connect)  # type: ignore[arg-type]
+    with pytest.raises(error, match=match):
+        faulty.merge_events(batch)
+    faulty.close()
+    assert fetch_tables(wh) == before
+
+
+@pytest.mark.parametrize("failing_table", ["transactions", "account_window_totals"])
+def test_duckdb_rolls_a_failing_batch_back_whole(duckdb_path: str, failing_table: str) -> None:
+    # The ledger MERGE runs before the failing one; it must be rolled back with it.
+    _assert_batch_fails_whole(
         duckdb_path,
-        connect=lambda path: FaultyConnection(  # type: ignore[arg-type,return-value]
+        lambda path: FaultyConnection(
             duckdb.connect(path), lambda sql: f"MERGE INTO {failing_table} " in sql
         ),
+        [cand(event("e2", transaction_id="t2"))],
+        InjectedFault,
     )
-    with pytest.raises(InjectedFault):
-        faulty.merge_events([cand(event("e2", transaction_id="t2"))])
-    faulty.close()
-    # The ledger MERGE ran before the failing one; it was rolled back with it.
-    assert fetch_tables(wh) == before
 
 
 class _LedgerChangesBeforeInsert:
@@ -262,21 +276,13 @@ class _LedgerChangesBeforeInsert:
 def test_duckdb_fails_a_batch_whose_insert_count_is_not_the_absent_ids(duckdb_path: str) -> None:
     """DuckDB derives what the ledger holds after the insert from what it held before; if the
     insert did not add exactly the absent ids, the batch fails loudly and leaves nothing."""
-    wh = DuckDBWarehouse(duckdb_path)
-    wh.create_tables()
-    merge(wh, [event("e1")])
-    before = fetch_tables(wh)
-    wh.close()
-    faulty = DuckDBWarehouse(
+    _assert_batch_fails_whole(
         duckdb_path,
-        connect=lambda path: _LedgerChangesBeforeInsert(  # type: ignore[arg-type,return-value]
-            duckdb.connect(path), event("e2", amount="7")
-        ),
+        lambda path: _LedgerChangesBeforeInsert(duckdb.connect(path), event("e2", amount="7")),
+        [cand(event("e2"))],
+        RuntimeError,
+        match="inserted 0 rows where 1 event ids were absent",
     )
-    with pytest.raises(RuntimeError, match="inserted 0 rows where 1 event ids were absent"):
-        faulty.merge_events([cand(event("e2"))])
-    faulty.close()
-    assert fetch_tables(wh) == before
 
 
 @pytest.mark.parametrize("days", [5, 30])
