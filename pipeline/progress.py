@@ -15,6 +15,13 @@ safe point is the oldest outstanding publish time or, when none is outstanding, 
 one. A margin (``--replay_margin_seconds``) covers the instant between the runner's ack and the
 registration of a message, and out-of-order delivery.
 
+The same object tells a local run when it may stop (``--exit_when_idle_seconds``): nothing pulled
+is unsettled and nothing arrived or committed for the idle time. Counting commits as activity
+matters because the DirectRunner runs every step on one worker thread: while the sink merges,
+the read does not pull, so a message that became deliverable meanwhile (a redelivery) is pulled
+only after the last merge, and an idle clock that counted arrivals alone would already have run
+out by then.
+
 On Dataflow none of this runs: Dataflow acknowledges only after a durable commit, and replay is an
 operator's seek (see README, Operate). The registry is process-local by design; a handle whose run
 is not registered in this process is inert.
@@ -36,13 +43,14 @@ from dataclasses import dataclass
 
 
 class RunProgress:
-    """Outstanding publish times, arrival clock and counter tally of one pipeline run."""
+    """Outstanding publish times, activity clock and counter tally of one pipeline run."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock  # a seam: tests drive the idle clock by hand
         self._lock = threading.Lock()
         self._outstanding: Counter[dt.datetime] = Counter()
         self._newest_settled: dt.datetime | None = None
-        self._last_arrival = time.monotonic()
+        self._last_activity = self._clock()
         self._tally: Counter[str] = Counter()
         self._closers: list[Callable[[], None]] = []
         self.checkpoint_lock = threading.Lock()  # serialises compute-then-write of checkpoints
@@ -50,10 +58,11 @@ class RunProgress:
     def pulled(self, publish_time: dt.datetime) -> None:
         with self._lock:
             self._outstanding[publish_time] += 1
-            self._last_arrival = time.monotonic()
+            self._last_activity = self._clock()
 
     def settled(self, publish_times: Iterable[dt.datetime | None]) -> None:
         with self._lock:
+            self._last_activity = self._clock()
             for publish_time in publish_times:
                 if publish_time is None:
                     continue
@@ -76,8 +85,9 @@ class RunProgress:
             return sum(self._outstanding.values())
 
     def idle_seconds(self) -> float:
+        """Seconds since a message last arrived or a batch last committed."""
         with self._lock:
-            return time.monotonic() - self._last_arrival
+            return self._clock() - self._last_activity
 
     def count(self, name: str, value: int = 1) -> None:
         with self._lock:

@@ -27,7 +27,12 @@ from pipeline.options import EffectivelyOnceOptions, is_streaming_input, validat
 from pipeline.progress import ProgressHandle, RunProgress, register_run, unregister_run
 from pipeline.sinks.upsert import Checkpointing, UpsertDeadLetters, UpsertLedger
 from pipeline.sinks.warehouse import WarehouseFactory, open_warehouse, warehouse_factory
-from pipeline.sources import ReadEventFiles, ReadPubSubMessages, seek_subscription
+from pipeline.sources import (
+    ReadEventFiles,
+    ReadPubSubMessages,
+    ack_deadline_seconds,
+    seek_subscription,
+)
 from pipeline.transforms.dedup import DedupByEventId
 from pipeline.transforms.parse import ParseEvents
 from pipeline.transforms.windows import AssignEventTimeWindows, WindowByEventTime
@@ -132,13 +137,40 @@ def _is_direct(options: PipelineOptions) -> bool:
     return runner is None or "DirectRunner" in str(runner)
 
 
-def _wait_until_idle(result: PipelineResult, progress: RunProgress, idle_seconds: float) -> None:
-    """Block until nothing arrived for ``idle_seconds`` and nothing pulled is unsettled."""
+# How long the DirectRunner's Pub/Sub read blocks in one pull (Beam's transform_evaluator.py).
+_DIRECT_RUNNER_PULL_SECONDS = 30
+
+
+def _leases_returned_seconds(options: PipelineOptions) -> float:
+    """How long after its start a local run on a subscription may still receive messages that
+    are invisible at the start: those leased to a consumer that died (an earlier run killed
+    mid-pull). They come back when their lease expires, one ack deadline after they were
+    leased; and the dead consumer's last pull, which the Pub/Sub emulator keeps serving after
+    its client is gone, can lease more (including the messages a replay's seek just made
+    deliverable) until that pull's own deadline. Measured on the emulator: after a kill -9
+    during a pull and a seek, ten messages came back 60 s later (the ack deadline), and a run
+    that stopped at idle before then left them in the subscription. A topic run reads through a
+    fresh subscription of its own, which nobody else ever leased from."""
+    opts = options.view_as(EffectivelyOnceOptions)
+    if not opts.input_subscription:
+        return 0.0
+    return float(ack_deadline_seconds(opts.input_subscription) + _DIRECT_RUNNER_PULL_SECONDS)
+
+
+def _wait_until_idle(
+    result: PipelineResult, progress: RunProgress, idle_seconds: float, not_before: float
+) -> None:
+    """Block until nothing pulled is unsettled and nothing arrived or committed for
+    ``idle_seconds``, but not before the monotonic time ``not_before``."""
     while True:
         if PipelineState.is_terminal(result.state):
             result.wait_until_finish()  # raises if the pipeline failed
             return
-        if progress.idle_seconds() >= idle_seconds and progress.outstanding() == 0:
+        if (
+            time.monotonic() >= not_before
+            and progress.idle_seconds() >= idle_seconds
+            and progress.outstanding() == 0
+        ):
             return
         time.sleep(0.2)
 
@@ -157,7 +189,8 @@ def _run_streaming(options: PipelineOptions) -> metrics.RunSummary:
         if not direct:
             return metrics.RunSummary({})  # a streaming job was submitted; it runs on its own
         if opts.exit_when_idle_seconds > 0:
-            _wait_until_idle(result, progress, opts.exit_when_idle_seconds)
+            not_before = time.monotonic() + _leases_returned_seconds(options)
+            _wait_until_idle(result, progress, opts.exit_when_idle_seconds, not_before)
             result.cancel()
             progress.close_all()  # everything pulled is merged: close the warehouses
         else:

@@ -91,3 +91,15 @@ def seek_subscription(subscription: str, to: dt.datetime) -> None:
         subscriber.seek(request={"subscription": subscription, "time": to})
     finally:
         subscriber.close()
+
+
+def ack_deadline_seconds(subscription: str) -> int:
+    """The subscription's acknowledgement deadline: how long a message stays leased to a
+    consumer that pulled it and never acknowledged it (for instance because it died)."""
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]  # noqa: PLC0415
+
+    subscriber = pubsub_v1.SubscriberClient()
+    try:
+        return int(subscriber.get_subscription(subscription=subscription).ack_deadline_seconds)
+    finally:
+        subscriber.close()

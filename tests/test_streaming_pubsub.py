@@ -6,7 +6,8 @@ command again in another. Every run ends reconciled exactly.
 The emulator comes from the Google Cloud CLI; without it these tests fail (never skip). Each run
 ends up to ~30 s after its last message: the DirectRunner executes everything on one thread and
 its Pub/Sub read blocks in a 30 s pull when the subscription is empty, which delays the sink's
-last flush timer.
+last flush timer; and no run stops before its subscription's ack deadline plus 30 s (leases of a
+killed consumer, see pipeline/run.py).
 """
 
 from __future__ import annotations
@@ -212,6 +213,35 @@ def test_kill_9_mid_stream_then_the_same_command_is_exact(
     again = _run(subscription, target.url, env=target.environment)
     assert "Replaying" in again.stderr
     assert _reconcile(another_run(target.factory), truth) == []
+
+
+def _lease_everything(subscription: str, count: int) -> None:
+    """Stand in for a consumer that died holding leases: pull ``count`` messages, never ack."""
+    subscriber = pubsub_v1.SubscriberClient()
+    try:
+        leased = 0
+        while leased < count:
+            response = subscriber.pull(subscription=subscription, max_messages=count, timeout=10)
+            leased += len(response.received_messages)
+    finally:
+        subscriber.close()
+
+
+def test_a_run_does_not_stop_before_the_leases_of_a_dead_consumer_return(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Messages leased to a consumer that died are invisible until their lease expires, one ack
+    deadline later. A run started meanwhile pulls nothing at first; it must still wait for them
+    (before the fix it stopped after its idle time with an empty ledger)."""
+    topic, subscription = _channel(emulator, "leased", ack_deadline=10)
+    lines, truth = _dataset(tmp_path, events=60, seed=24)
+    report = publish(topic, lines)
+    assert report.failed == 0
+    _lease_everything(subscription, report.published)
+
+    database = tmp_path / "warehouse.duckdb"
+    _run(subscription, database)
+    assert _reconcile(database, truth) == []
 
 
 def test_a_topic_run_reads_through_its_own_subscription_and_stops_when_idle(
