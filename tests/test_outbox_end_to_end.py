@@ -50,7 +50,9 @@ def _topic(emulator: Emulator, name: str) -> tuple[str, str, str]:
         emulator.subscription(f"{name}-pipeline"),
         emulator.subscription(f"{name}-tap"),
     )
-    create_topic_and_subscription(topic, subscription, ack_deadline_seconds=60)
+    # A short ack deadline: no consumer of this subscription is killed here, and a local run may
+    # stop only an ack deadline (plus 30 s) after its start (pipeline/run.py).
+    create_topic_and_subscription(topic, subscription, ack_deadline_seconds=10)
     create_subscription(topic, tap)
     return topic, subscription, tap
 
