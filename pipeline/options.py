@@ -46,8 +46,10 @@ class EffectivelyOnceOptions(PipelineOptions):
             "--exit_when_idle_seconds",
             type=float,
             default=0,
-            help="DirectRunner streaming only: stop cleanly once no message arrived for this many"
-            " seconds and everything pulled is merged. 0: run until stopped. Default: 0",
+            help="DirectRunner streaming only: stop cleanly once nothing arrived or committed for"
+            " this many seconds and everything pulled is merged, and not before the"
+            " subscription's ack deadline plus 30 s (leases of a killed run come back only then)."
+            " 0: run until stopped. Default: 0",
         )
         parser.add_argument(
             "--no_replay",
