@@ -66,6 +66,12 @@ _RFC3339 = re.compile(
     r"(?:\.(?P<fraction>[0-9]+))?"
     r"(?P<offset>[Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
+# The shape producers almost always send (UTC, "Z", at most microseconds, no leap second), which
+# datetime.fromisoformat parses exactly, in C: a third of the cost of the general path below,
+# which every other valid or invalid value still takes (tests check that both agree).
+_RFC3339_UTC_MICROS = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](?:\.[0-9]{1,6})?Z"
+)
 
 
 class ContractViolation(ValueError):
@@ -355,6 +361,19 @@ def _parse_status(value: Any) -> str:
 def parse_timestamp(value: Any, name: str) -> dt.datetime:
     """RFC 3339 date-time with an offset, to an aware UTC datetime (microsecond precision)."""
     value = _require_string(value, name)
+    if _RFC3339_UTC_MICROS.fullmatch(value):
+        try:
+            utc = dt.datetime.fromisoformat(value)
+        except ValueError:
+            pass  # e.g. February 30: the general path below names the problem
+        else:
+            if utc <= MAX_EVENT_TIME:
+                return utc
+    return _parse_rfc3339(value, name)
+
+
+def _parse_rfc3339(value: str, name: str) -> dt.datetime:
+    """parse_timestamp's general path: every RFC 3339 shape, and the reason a value is refused."""
     match = _RFC3339.fullmatch(value)
     if not match:
         raise ContractViolation(name, f"{_clip(value)!r} is not an RFC 3339 date-time with offset")

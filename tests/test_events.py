@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
@@ -17,8 +18,10 @@ from pipeline.events import (
     EventCoder,
     LedgerCandidate,
     LedgerCandidateCoder,
+    _parse_rfc3339,
     format_amount,
     parse_event,
+    parse_timestamp,
 )
 from tests.helpers import event_line, utc
 
@@ -194,3 +197,41 @@ def test_coders_estimate_sizes_within_a_few_bytes(
     candidate = LedgerCandidate(event, primary, event.event_time, event.event_time, source)
     for coder, value in ((EventCoder(), event), (LedgerCandidateCoder(), candidate)):
         assert abs(coder.estimate_size(value) - len(coder.encode(value))) <= 12
+
+
+def _outcome(parse: Callable[[str, str], dt.datetime], text: str) -> dt.datetime | str:
+    try:
+        return parse(text, "event_time")
+    except ContractViolation as violation:
+        return str(violation)
+
+
+@given(
+    st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31, 23, 59, 59)),
+    st.integers(min_value=0, max_value=6),
+)
+def test_the_fast_utc_path_agrees_with_the_general_one(moment: dt.datetime, digits: int) -> None:
+    """The common shape (UTC "Z", up to microseconds) takes datetime.fromisoformat; every value
+    must come out exactly as the general RFC 3339 path makes it, refusals included."""
+    fraction = f".{moment.microsecond:06d}"[: digits + 1] if digits else ""
+    text = (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+        f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}{fraction}Z"
+    )
+    assert _outcome(parse_timestamp, text) == _outcome(_parse_rfc3339, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-02-30T00:00:00Z",
+        "2024-02-29T23:59:59.999999Z",
+        "0000-01-01T00:00:00Z",
+        "9999-12-30T23:59:59.999999Z",
+        "9999-12-31T00:00:00Z",
+        "2026-13-01T00:00:00Z",
+        "2026-01-01T24:00:00Z",
+    ],
+)
+def test_the_fast_utc_path_refuses_what_the_general_one_refuses(text: str) -> None:
+    assert _outcome(parse_timestamp, text) == _outcome(_parse_rfc3339, text)

@@ -205,6 +205,17 @@ def test_batch_with_two_primaries_for_one_id_lands_the_earliest(wh: Warehouse) -
     assert ledger(wh) == [early]
 
 
+def test_a_version_seen_as_a_copy_and_as_the_primary_lands_once(wh: Warehouse) -> None:
+    """Whatever the order of the two verdicts, the primary one is kept: dropping it would leave
+    the id without a primary in its batch, and the version would be refused as a conflict."""
+    for copy_first in (True, False):
+        version = event("e1" if copy_first else "e2")
+        pair = [cand(version, primary=False), cand(version)]
+        outcome = wh.merge_events(pair if copy_first else pair[::-1])
+        assert (outcome.inserted, outcome.duplicates, outcome.conflicts) == (1, 1, 0)
+    assert ledger(wh) == [event("e1"), event("e2")]
+
+
 def test_values_are_stored_verbatim_never_as_sql(wh: Warehouse) -> None:
     nasty = "x'); DROP TABLE transaction_events; --"
     merge(wh, [event(nasty, transaction_id=nasty, account_id="o'brien")])
