@@ -17,7 +17,7 @@ import time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.sinks.upsert import BatchForMerge, UpsertLedger, _event_day, _event_order
+from pipeline.sinks.upsert import BatchByEventDay, UpsertLedger
 from pipeline.sinks.warehouse import warehouse_factory
 from pipeline.sources import ReadEventFiles
 from pipeline.transforms.parse import ParseEvents
@@ -41,7 +41,7 @@ def run(prefix: str, files: str, database: str) -> dict[str, object]:
             | "AssignWindows" >> AssignEventTimeWindows(60)
         )
     if prefix == "batch":  # the sink's batching alone, without the MERGE
-        _ = rows | "BatchByEventDay" >> BatchForMerge(_event_day, _event_order, 5000, 5.0)
+        _ = rows | "BatchByEventDay" >> BatchByEventDay(5000, 5.0)
     if prefix == "merge":
         _ = rows | "MergeLedger" >> UpsertLedger(warehouse_factory(f"duckdb:{database}"))
     started = time.perf_counter()

@@ -86,11 +86,8 @@ def seek_subscription(subscription: str, to: dt.datetime) -> None:
     than the retention are gone; Pub/Sub then seeks to the oldest it kept."""
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]  # noqa: PLC0415
 
-    subscriber = pubsub_v1.SubscriberClient()
-    try:
+    with pubsub_v1.SubscriberClient() as subscriber:
         subscriber.seek(request={"subscription": subscription, "time": to})
-    finally:
-        subscriber.close()
 
 
 def ack_deadline_seconds(subscription: str) -> int:
@@ -98,8 +95,5 @@ def ack_deadline_seconds(subscription: str) -> int:
     consumer that pulled it and never acknowledged it (for instance because it died)."""
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]  # noqa: PLC0415
 
-    subscriber = pubsub_v1.SubscriberClient()
-    try:
+    with pubsub_v1.SubscriberClient() as subscriber:
         return int(subscriber.get_subscription(subscription=subscription).ack_deadline_seconds)
-    finally:
-        subscriber.close()

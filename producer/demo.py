@@ -141,11 +141,8 @@ def create_subscription(topic: str, subscription: str) -> None:
     """A plain subscription (the audit tap: it sees every published copy)."""
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]  # noqa: PLC0415
 
-    subscriber = pubsub_v1.SubscriberClient()
-    try:
+    with pubsub_v1.SubscriberClient() as subscriber:
         subscriber.create_subscription(request={"name": subscription, "topic": topic})
-    finally:
-        subscriber.close()
 
 
 class Demo:

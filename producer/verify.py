@@ -122,10 +122,9 @@ def published_copies(
     from google.api_core.exceptions import DeadlineExceeded  # noqa: PLC0415
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]  # noqa: PLC0415
 
-    subscriber = pubsub_v1.SubscriberClient()
     copies: Counter[str] = Counter()
     deadline = time.monotonic() + timeout
-    try:
+    with pubsub_v1.SubscriberClient() as subscriber:
         while time.monotonic() < deadline:
             try:
                 received = subscriber.pull(
@@ -140,6 +139,4 @@ def published_copies(
                 )
             elif len(copies) >= expected_events:
                 break
-    finally:
-        subscriber.close()
     return copies

@@ -254,6 +254,14 @@ class _Upsert(beam.PTransform):
         self._fn_args = (warehouse_factory, num_retries, initial_retry_delay_seconds, checkpointing)
 
 
+class BatchByEventDay(BatchForMerge):
+    """Ledger candidates in batches of one UTC day of event time, each in event-time order
+    (bounded input): the narrow time range that keeps each MERGE's cost flat."""
+
+    def __init__(self, max_rows: int, flush_seconds: float) -> None:
+        super().__init__(_event_day, _event_order, max_rows, flush_seconds)
+
+
 class UpsertLedger(_Upsert):
     """MERGE ledger candidates into transaction_events, transactions and account_window_totals.
 
@@ -267,8 +275,7 @@ class UpsertLedger(_Upsert):
     def expand(self, candidates: beam.PCollection) -> beam.PCollection:
         return (
             candidates
-            | "BatchByEventDay"
-            >> BatchForMerge(_event_day, _event_order, self._max_batch_rows, self._flush_seconds)
+            | "BatchByEventDay" >> BatchByEventDay(self._max_batch_rows, self._flush_seconds)
             | "MergeBatches" >> beam.ParDo(MergeEventBatchesFn(*self._fn_args))
         )
 

@@ -122,9 +122,8 @@ def create_topic_and_subscription(
     from google.protobuf import duration_pb2  # noqa: PLC0415
 
     publisher = pubsub_v1.PublisherClient()
-    subscriber = pubsub_v1.SubscriberClient()
-    try:
-        publisher.create_topic(request={"name": topic})
+    publisher.create_topic(request={"name": topic})
+    with pubsub_v1.SubscriberClient() as subscriber:
         subscriber.create_subscription(
             request={
                 "name": subscription,
@@ -134,8 +133,6 @@ def create_topic_and_subscription(
                 "message_retention_duration": duration_pb2.Duration(seconds=retention_seconds),
             }
         )
-    finally:
-        subscriber.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,20 +41,23 @@ from apache_beam.transforms.userstate import (
     TimerSpec,
     on_timer,
 )
-from apache_beam.transforms.window import GlobalWindows, TimestampedValue
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.timestamp import Duration, Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline import metrics
 from pipeline.events import Event, EventCoder, to_micros
 from pipeline.progress import ProgressHandle
+from pipeline.transforms.windows import in_global_window
 
 STRATEGIES = ("auto", "stateful", "grouped")
 
 Verdict = tuple[Event, bool]
 
 
-def _timestamped(event: Event, primary: bool) -> TimestampedValue:
-    return TimestampedValue((event, primary), Timestamp(micros=to_micros(event.event_time)))
+def _timestamped(event: Event, primary: bool) -> WindowedValue:
+    # The GroupByKey's output is in the global window: DedupByEventId.expand puts it there.
+    return in_global_window((event, primary), to_micros(event.event_time))
 
 
 class StatefulFirstVersionFn(beam.DoFn):
@@ -122,7 +125,7 @@ class ChooseVersionFn(beam.DoFn):
     def __init__(self, progress: ProgressHandle | None = None) -> None:
         self._counters = metrics.OutcomeCounters(progress)
 
-    def process(self, element: tuple[str, Iterable[Event]]) -> Iterator[TimestampedValue]:
+    def process(self, element: tuple[str, Iterable[Event]]) -> Iterator[WindowedValue]:
         _, versions = element
         total = 0
         distinct: set[Event] = set()

@@ -20,8 +20,9 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.pvalue import TaggedOutput
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline import metrics
 from pipeline.dead_letters import DEAD_LETTER_TAG, STAGE_PARSE, DeadLetter, make_dead_letter
@@ -34,6 +35,7 @@ from pipeline.events import (
     to_micros,
 )
 from pipeline.progress import ProgressHandle
+from pipeline.transforms.windows import in_global_window
 
 _LOG = logging.getLogger(__name__)
 
@@ -54,10 +56,11 @@ def peek_event_id(payload: bytes) -> str | None:
 class ParseEventFn(beam.DoFn):
     """bytes or PubsubMessage -> timestamped Event | dead letter."""
 
-    def __init__(self, progress: ProgressHandle | None = None) -> None:
+    def __init__(self, progress: ProgressHandle | None = None, global_input: bool = False) -> None:
         self._counters = metrics.OutcomeCounters(progress)
+        self._global_input = global_input  # input in the global window (as sources deliver)
 
-    def process(self, record: Record) -> Iterator[TimestampedValue | TaggedOutput]:
+    def process(self, record: Record) -> Iterator[TimestampedValue | WindowedValue | TaggedOutput]:
         self._counters.inc(metrics.LINES_READ)
         payload, attributes, message_id, published = _unpack(record)
         try:
@@ -79,8 +82,11 @@ class ParseEventFn(beam.DoFn):
             )
             return
         self._counters.inc(metrics.EVENTS_PARSED)
-        source_time = published or event.event_time
-        yield TimestampedValue(event, Timestamp(micros=to_micros(source_time)))
+        micros = to_micros(published or event.event_time)
+        if self._global_input:
+            yield in_global_window(event, micros)
+        else:
+            yield TimestampedValue(event, Timestamp(micros=micros))
 
 
 def _dead_letter(
@@ -128,7 +134,7 @@ class ParseEvents(beam.PTransform):
         self._progress = progress
 
     def expand(self, records: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        fn = ParseEventFn(self._progress)
+        fn = ParseEventFn(self._progress, isinstance(records.windowing.windowfn, GlobalWindows))
         return records | "ValidateContract" >> beam.ParDo(fn).with_output_types(Event).with_outputs(
             DEAD_LETTER_TAG, main="events"
         )

@@ -8,8 +8,14 @@ from collections.abc import Iterable, Sequence
 import apache_beam as beam
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
-from apache_beam.transforms.window import FixedWindows, TimestampedValue
+from apache_beam.testing.util import (
+    BeamAssertException,
+    TestWindowedValue,
+    assert_that,
+    equal_to,
+)
+from apache_beam.transforms.window import FixedWindows, GlobalWindow, TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
 
 from pipeline.events import Event, parse_event, to_micros
 from pipeline.transforms.dedup import ChooseVersionFn, DedupByEventId
@@ -87,10 +93,24 @@ def test_grouped_path_chooses_the_earliest_version_whatever_the_order() -> None:
         assert verdicts == [(early, True), (late, False)]
 
 
-def test_grouped_path_restores_event_time_timestamps() -> None:
-    e = ev("a", event_time="2026-01-01T00:00:07Z")
-    (stamped,) = list(ChooseVersionFn().process(("a", [e, e])))
-    assert stamped.timestamp.micros == to_micros(e.event_time)
+@pytest.mark.parametrize("windowed_input", [False, True])
+def test_grouped_path_emits_in_the_global_window_at_event_time(windowed_input: bool) -> None:
+    """After its GroupByKey the verdicts are put back at their event_time, in the global window,
+    whatever windows the input came in."""
+    early = ev("a", event_time="2026-01-01T00:00:07Z")
+    late = ev("a", event_time="2026-01-01T00:00:08Z")
+
+    def at_event_time(verdict: tuple[Event, bool]) -> TestWindowedValue:
+        micros = to_micros(verdict[0].event_time)
+        return TestWindowedValue(verdict, Timestamp(micros=micros), [GlobalWindow()])
+
+    with TestPipeline() as p:
+        events = p | beam.Create(_stamped([late, early, early], seconds_apart=30))
+        if windowed_input:
+            events = events | "ArrivalWindows" >> beam.WindowInto(FixedWindows(10))
+        verdicts = events | DedupByEventId(ttl_seconds=3600, strategy="grouped")
+        expected = [at_event_time((early, True)), at_event_time((late, False))]
+        assert_that(verdicts, equal_to(expected), reify_windows=True)
 
 
 @pytest.mark.parametrize("bad", [{"ttl_seconds": 0}, {"ttl_seconds": 10, "strategy": "magic"}])

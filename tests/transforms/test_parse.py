@@ -6,11 +6,18 @@ import base64
 import json
 
 import apache_beam as beam
+import pytest
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.testing.util import TestWindowedValue, assert_that, equal_to
+from apache_beam.transforms.window import (
+    FixedWindows,
+    GlobalWindow,
+    IntervalWindow,
+    TimestampedValue,
+)
+from apache_beam.utils.timestamp import Timestamp
 from hamcrest import assert_that as hamcrest_assert
 from hamcrest import contains_string, has_properties, starts_with
 
@@ -81,3 +88,20 @@ def test_composite_splits_events_and_dead_letters() -> None:
             equal_to([("nope", "payload"), (bad[1].decode(), "status")]),
             label="CheckDeadLetters",
         )
+
+
+@pytest.mark.parametrize("windowed_input", [False, True])
+def test_events_are_timestamped_at_event_time_in_their_input_windows(windowed_input: bool) -> None:
+    """From a source (the global window) and from windowed input alike, an event from a file
+    line carries its event_time, in the window its input's WindowFn gives that time."""
+    line = event_line("e1", event_time="2026-01-01T00:00:07Z")
+    event = parse_event(line)
+    at = Timestamp(micros=to_micros(event.event_time))
+    window = IntervalWindow(at - 7, at + 3) if windowed_input else GlobalWindow()  # [00:00, 00:10)
+    with TestPipeline() as p:
+        records = p | beam.Create([line])
+        if windowed_input:
+            records = records | beam.WindowInto(FixedWindows(10))
+        events = (records | ParseEvents())["events"]
+        expected = TestWindowedValue(event, at, [window])
+        assert_that(events, equal_to([expected]), reify_windows=True)
