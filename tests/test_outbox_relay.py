@@ -94,10 +94,9 @@ def _relay(
 def _pull_all(tap: str, expected: int, quiet: float = 2.0) -> list[pubsub_v1.types.PubsubMessage]:
     """Every message on the tap: pulls until ``expected`` arrived and a pull of ``quiet``
     seconds brings nothing more."""
-    subscriber = pubsub_v1.SubscriberClient()
     messages: list[pubsub_v1.types.PubsubMessage] = []
     deadline = time.monotonic() + 60
-    try:
+    with pubsub_v1.SubscriberClient() as subscriber:
         while time.monotonic() < deadline:
             received = subscriber.pull(subscription=tap, max_messages=1000, timeout=quiet)
             batch = received.received_messages
@@ -106,8 +105,6 @@ def _pull_all(tap: str, expected: int, quiet: float = 2.0) -> list[pubsub_v1.typ
                 subscriber.acknowledge(subscription=tap, ack_ids=[m.ack_id for m in batch])
             elif len(messages) >= expected:
                 break
-    finally:
-        subscriber.close()
     return messages
 
 

@@ -130,16 +130,13 @@ def _publish_late_events(client: pubsub_v1.PublisherClient, topic: str) -> list[
 def _misbehave(subscription: str, count: int) -> None:
     """Another consumer pulls messages and never acks them: half are nacked (redelivered at
     once), half simply expire (redelivered after the ack deadline)."""
-    subscriber = pubsub_v1.SubscriberClient()
-    try:
+    with pubsub_v1.SubscriberClient() as subscriber:
         response = subscriber.pull(subscription=subscription, max_messages=count, timeout=10)
         ack_ids = [received.ack_id for received in response.received_messages]
         assert ack_ids, "the misbehaving consumer received nothing"
         subscriber.modify_ack_deadline(
             subscription=subscription, ack_ids=ack_ids[::2], ack_deadline_seconds=0
         )
-    finally:
-        subscriber.close()
 
 
 def test_duplicates_redeliveries_malformed_and_late_messages_end_exact(
@@ -217,14 +214,11 @@ def test_kill_9_mid_stream_then_the_same_command_is_exact(
 
 def _lease_everything(subscription: str, count: int) -> None:
     """Stand in for a consumer that died holding leases: pull ``count`` messages, never ack."""
-    subscriber = pubsub_v1.SubscriberClient()
-    try:
+    with pubsub_v1.SubscriberClient() as subscriber:
         leased = 0
         while leased < count:
             response = subscriber.pull(subscription=subscription, max_messages=count, timeout=10)
             leased += len(response.received_messages)
-    finally:
-        subscriber.close()
 
 
 def test_a_run_does_not_stop_before_the_leases_of_a_dead_consumer_return(
