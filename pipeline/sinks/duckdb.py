@@ -37,6 +37,7 @@ from pipeline.events import (
     NUMERIC_LIMIT,
     Event,
     LedgerCandidate,
+    to_micros,
 )
 from pipeline.sinks import ledger_rules
 from pipeline.sinks.warehouse import MergeOutcome, Warehouse
@@ -90,6 +91,36 @@ def exact_total(whole_units: int, nanos: int) -> Decimal | None:
     """The exact window total from its integer parts, or None when it does not fit NUMERIC."""
     total = MONEY_CONTEXT.add(Decimal(whole_units), Decimal(nanos).scaleb(-AMOUNT_SCALE))
     return total if total.copy_abs() < NUMERIC_LIMIT else None
+
+
+_UTC_MICROS = pa.timestamp("us", tz="UTC")
+
+
+def _timestamps(values: Sequence[dt.datetime]) -> pa.Array:
+    """Aware datetimes as an Arrow timestamp column, through integer microseconds: each distinct
+    value is converted once (window bounds repeat across a batch), and the cast from int64 is
+    zero-copy."""
+    micros = {value: to_micros(value) for value in set(values)}
+    return pa.array([micros[value] for value in values], pa.int64()).cast(_UTC_MICROS)
+
+
+def stage_events_table(candidates: Sequence[LedgerCandidate]) -> pa.Table:
+    """A batch as the Arrow table of ``stage_events``. The rows are transposed into columns by
+    ``zip`` (candidates and events are tuples), not by a getattr per field and row: with the
+    timestamps above, 3.7-4.0 -> 1.9-2.7 us a row (5,000 decoded candidates, BENCHMARKS.md
+    change 17)."""
+    events, primaries, starts, ends, _ = zip(*candidates, strict=True)
+    by_field = dict(zip(Event._fields, zip(*events, strict=True), strict=True))
+    columns = {**by_field, "is_primary": primaries, "window_start": starts, "window_end": ends}
+    return pa.Table.from_arrays(
+        [
+            _timestamps(columns[f.name])
+            if f.type == _UTC_MICROS
+            else pa.array(columns[f.name], f.type)
+            for f in _STAGE_EVENTS_SCHEMA
+        ],
+        schema=_STAGE_EVENTS_SCHEMA,
+    )
 
 
 # DuckDB caches one database instance per file per process; connections to it from several
@@ -381,19 +412,7 @@ class DuckDBWarehouse(Warehouse):
         )
 
     def _stage_events(self, candidates: Sequence[LedgerCandidate]) -> None:
-        events = [candidate.event for candidate in candidates]
-        columns = [
-            *([getattr(event, name) for event in events] for name in _EVENT_COLUMNS),
-            [candidate.primary for candidate in candidates],
-            [candidate.window_start for candidate in candidates],
-            [candidate.window_end for candidate in candidates],
-        ]
-        schema = _STAGE_EVENTS_SCHEMA
-        arrow = pa.Table.from_arrays(
-            [pa.array(column, f.type) for column, f in zip(columns, schema, strict=True)],
-            schema=schema,
-        )
-        self._register_temp("stage_events", arrow)
+        self._register_temp("stage_events", stage_events_table(candidates))
 
     def _stage_totals(self, params: dict[str, Any]) -> None:
         con = self.connection
