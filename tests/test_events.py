@@ -24,6 +24,7 @@ from pipeline.events import (
     parse_timestamp,
 )
 from tests.helpers import event_line, utc
+from tests.strategies import events
 
 
 def test_a_valid_line_becomes_a_normalised_event() -> None:
@@ -157,25 +158,7 @@ def test_sql_looking_and_unicode_ids_are_kept_verbatim() -> None:
     assert parse_event(event_line(event_id)).event_id == event_id
 
 
-_events = st.builds(
-    Event,
-    event_id=st.text(min_size=1, max_size=20),
-    transaction_id=st.text(min_size=1, max_size=5),
-    account_id=st.text(min_size=1, max_size=5),
-    amount=st.decimals(
-        min_value=Decimal("-1e28"), max_value=Decimal("1e28"), places=9, allow_nan=False
-    ),
-    currency=st.sampled_from(["USD", "EUR"]),
-    status=st.sampled_from(["PENDING", "POSTED"]),
-    event_time=st.datetimes(
-        min_value=dt.datetime(1, 1, 2),
-        max_value=dt.datetime(9999, 12, 30),
-        timezones=st.just(dt.UTC),
-    ),
-)
-
-
-@given(_events)
+@given(events)
 def test_event_coder_round_trips_exactly(event: Event) -> None:
     coder = EventCoder()
     decoded = coder.decode(coder.encode(event))
@@ -183,7 +166,7 @@ def test_event_coder_round_trips_exactly(event: Event) -> None:
     assert coder.encode(event) == coder.encode(coder.decode(coder.encode(event)))
 
 
-@given(_events, st.booleans())
+@given(events, st.booleans())
 def test_candidate_coder_round_trips_exactly(event: Event, primary: bool) -> None:
     candidate = LedgerCandidate(event, primary, event.event_time, event.event_time)
     coder = LedgerCandidateCoder()
@@ -192,7 +175,7 @@ def test_candidate_coder_round_trips_exactly(event: Event, primary: bool) -> Non
     assert (type(decoded), type(decoded.event)) == (LedgerCandidate, Event)
 
 
-@given(_events, st.booleans(), st.none() | st.just(dt.datetime(2026, 1, 1, tzinfo=dt.UTC)))
+@given(events, st.booleans(), st.none() | st.just(dt.datetime(2026, 1, 1, tzinfo=dt.UTC)))
 def test_coders_estimate_sizes_within_a_few_bytes(
     event: Event, primary: bool, source: dt.datetime | None
 ) -> None:

@@ -6,32 +6,18 @@ shared by many rows)."""
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal
 
 import pyarrow as pa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.events import Event, LedgerCandidate
+from pipeline.events import LedgerCandidate
 from pipeline.sinks.duckdb import _STAGE_EVENTS_SCHEMA, stage_events_table
+from tests.strategies import event_times, events
 
-_times = st.datetimes(
-    min_value=dt.datetime(1, 1, 2), max_value=dt.datetime(9999, 12, 30), timezones=st.just(dt.UTC)
-)
 _candidates = st.builds(
     LedgerCandidate,
-    event=st.builds(
-        Event,
-        event_id=st.text(min_size=1, max_size=8),
-        transaction_id=st.text(min_size=1, max_size=4),
-        account_id=st.text(min_size=1, max_size=4),
-        amount=st.decimals(
-            min_value=Decimal("-1e28"), max_value=Decimal("1e28"), places=9, allow_nan=False
-        ),
-        currency=st.sampled_from(["USD", "EUR"]),
-        status=st.sampled_from(["PENDING", "POSTED"]),
-        event_time=_times,
-    ),
+    event=events,
     primary=st.booleans(),
     # Few distinct bounds, as in a real batch, so the per-value conversion cache is exercised.
     window_start=st.sampled_from(
@@ -40,8 +26,8 @@ _candidates = st.builds(
             *[dt.datetime(2026, 1, 1, 0, minute, tzinfo=dt.UTC) for minute in range(3)],
         ]
     ),
-    window_end=_times,
-    source_time=st.none() | _times,
+    window_end=event_times,
+    source_time=st.none() | event_times,
 )
 
 
