@@ -77,6 +77,9 @@ def _sections(events: int, scale: int) -> dict[str, Callable[[], Any]]:
         # single runs (BENCHMARKS.md), more than the ratio's distance from its target.
         "batch_large": lambda: batch(events // scale, rounds=3),
         "shared_path": lambda: shared_path(events // scale),
+        "row_memory": lambda: _json(
+            "bench.row_memory", f"{_input(events // scale)}/events-*.jsonl"
+        ),
         "merge_cost": lambda: [
             {**_json("bench.merge_cost", str(rows // scale), "10"), "round": round_}
             for round_ in (1, 2, 3)
@@ -132,6 +135,12 @@ def render(results: dict[str, Any]) -> str:
     if "shared_path" in results:
         lines.append("  shared path, cumulative seconds: " + ", ".join(
             f"{r['prefix']} {r['seconds']}" for r in results["shared_path"]))  # fmt: skip
+    if "row_memory" in results:
+        row = results["row_memory"]
+        lines.append(
+            f"  a sink row in memory: {row['bytes_per_row']} B, {row['peak_bytes_per_row_sorting']}"
+            f" B at the sort's peak ({row['rows']} rows; {row['encoded_bytes_per_row']} B encoded)"
+        )
     if "merge_cost" in results:
         lines.extend(_merge_lines(results["merge_cost"]))
     if "streaming_dedup" in results:

@@ -11,6 +11,7 @@ import re
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipeline.sinks.upsert import SECONDS_PER_DAY
 from pipeline.sinks.warehouse import parse_warehouse_url
 from pipeline.transforms.dedup import STRATEGIES
 from pipeline.transforms.windows import MAX_WINDOW_SECONDS
@@ -120,6 +121,15 @@ class EffectivelyOnceOptions(PipelineOptions):
             " in seconds. Default: 5",
         )
         parser.add_argument(
+            "--batch_slice_seconds",
+            type=int,
+            default=SECONDS_PER_DAY,
+            help="Bounded input only: rows are grouped and sorted into MERGE batches per slice of"
+            " this many seconds of event time (arrival time for dead letters); one slice's rows"
+            " are held in one worker's memory at once, so lower it (e.g. 3600) when a day of"
+            " input does not fit a worker. Must divide a day. Default: 86400 (a UTC day)",
+        )
+        parser.add_argument(
             "--log_level",
             choices=("DEBUG", "INFO", "WARNING", "ERROR"),
             default="WARNING",
@@ -194,6 +204,11 @@ def validate(options: PipelineOptions) -> list[str]:
         (o.dedup_ttl_seconds <= 0, "--dedup_ttl_seconds must be positive"),
         (o.max_batch_rows < 1, "--max_batch_rows must be at least 1"),
         (o.batch_flush_seconds <= 0, "--batch_flush_seconds must be positive"),
+        (
+            not 1 <= o.batch_slice_seconds <= SECONDS_PER_DAY
+            or SECONDS_PER_DAY % o.batch_slice_seconds != 0,
+            f"--batch_slice_seconds must divide a day ({SECONDS_PER_DAY})",
+        ),
         (o.merge_retries < 0, "--merge_retries must be >= 0"),
         (o.merge_retry_delay_seconds < 0, "--merge_retry_delay_seconds must be >= 0"),
         (o.exit_when_idle_seconds < 0, "--exit_when_idle_seconds must be >= 0"),

@@ -96,6 +96,7 @@ def build_pipeline(
     sink_args = {
         "max_batch_rows": opts.max_batch_rows,
         "flush_seconds": opts.batch_flush_seconds,
+        "slice_seconds": opts.batch_slice_seconds,
         "num_retries": opts.merge_retries,
         "initial_retry_delay_seconds": opts.merge_retry_delay_seconds,
         "checkpointing": checkpointing,

@@ -148,6 +148,9 @@ def test_bad_input_does_not_fail_the_run(tmp_path: Path) -> None:
         (["--input_files=x", "--warehouse=postgres:db"], "--warehouse must be"),
         (["--input_files=x", "--window_size_seconds=0"], "--window_size_seconds"),
         (["--input_files=x", "--dedup_ttl_seconds=-1"], "--dedup_ttl_seconds"),
+        (["--input_files=x", "--batch_slice_seconds=7"], "--batch_slice_seconds must divide"),
+        (["--input_files=x", "--batch_slice_seconds=0"], "--batch_slice_seconds must divide"),
+        (["--input_files=x", "--batch_slice_seconds=172800"], "--batch_slice_seconds must"),
         (
             ["--input_files=x", "--bigquery_staging_dataset=my-project.staging"],
             "applies only to --warehouse=bigquery",

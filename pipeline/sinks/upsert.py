@@ -1,12 +1,19 @@
 """The MERGE upsert sink: batch, then merge each batch through the warehouse seam.
 
-Batches are keyed by UTC day of event time (of arrival, for dead letters), so a batch touches
-few partitions and its MERGE can be restricted to them.
+Batches are keyed by event time (arrival time, for dead letters) and never span two UTC days, so
+a batch touches one partition and its MERGE can be restricted to it.
 
-* Bounded input: GroupByKey per day, then chunks of at most ``max_batch_rows`` in event-time
-  order, so each chunk spans a narrow time range.
+* Bounded input: GroupByKey per slice of ``slice_seconds`` of event time (a whole UTC day by
+  default; a slice divides a day), then chunks of at most ``max_batch_rows`` in event-time
+  order, so each chunk spans a narrow time range. A slice's rows are sorted in one worker's
+  memory (about 0.8 KB a row at the sort's peak, BENCHMARKS.md section 4): shorter slices bound
+  what a worker holds for a large backfill, and let a day's slices merge on different workers.
+  A day stays the default because the runner emits slices in no time order, and on DuckDB
+  rows appended out of time order make the restricted MERGEs scan more (README, Limits).
 * Unbounded input: ``GroupIntoBatches`` per day, flushed at ``max_batch_rows`` or after
-  ``flush_seconds`` of buffering, whichever comes first.
+  ``flush_seconds`` of buffering, whichever comes first. Its buffer is bounded by the batch size,
+  so no slicing is needed; one key per day keeps the MERGEs of a day in one queue (README, DML
+  quota).
 
 Streaming progress: with a :class:`Checkpointing`, each committed batch settles the source
 positions (Pub/Sub publish times) of its rows in the run's progress, and the oldest position not
@@ -23,6 +30,7 @@ what it touches.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -46,9 +54,10 @@ class BatchForMerge(beam.PTransform):
     """Group rows into ``(key, [rows])`` batches of at most ``max_rows``, per key.
 
     Semantics: every input row is in exactly one output batch; rows of one batch share a key.
-    Bounded input: batches are chunks of the key's rows sorted by ``sort_key``. Unbounded input:
-    a batch is flushed when it is full or ``flush_seconds`` after its first row, in the global
-    window; no row waits for a window to close.
+    Bounded input: batches are chunks of the rows of one ``bounded_key`` (``key`` when it is not
+    given) sorted by ``sort_key``; the rows of one bounded key are held in memory at once.
+    Unbounded input: a batch of one ``key`` is flushed when it is full or ``flush_seconds`` after
+    its first row, in the global window; no row waits for a window to close.
     """
 
     def __init__(
@@ -57,6 +66,7 @@ class BatchForMerge(beam.PTransform):
         sort_key: Callable[[Any], Any],
         max_rows: int,
         flush_seconds: float,
+        bounded_key: Callable[[Any], str] | None = None,
     ) -> None:
         super().__init__()
         if max_rows < 1:
@@ -64,6 +74,7 @@ class BatchForMerge(beam.PTransform):
         if flush_seconds <= 0:
             raise ValueError(f"flush_seconds must be positive, got {flush_seconds}")
         self._key = key
+        self._bounded_key = bounded_key or key
         self._sort_key = sort_key
         self._max_rows = max_rows
         self._flush_seconds = flush_seconds
@@ -71,7 +82,8 @@ class BatchForMerge(beam.PTransform):
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         keyed_type = tuple[str, rows.element_type]  # type: ignore[name-defined]
         # A str key type makes the batching state's key coder deterministic.
-        keyed = rows | "KeyByPartition" >> beam.Map(_keyed, self._key).with_output_types(keyed_type)
+        key = self._bounded_key if rows.is_bounded else self._key
+        keyed = rows | "KeyByPartition" >> beam.Map(_keyed, key).with_output_types(keyed_type)
         if rows.is_bounded:
             return (
                 keyed
@@ -216,20 +228,46 @@ class MergeDeadLetterBatchesFn(_WarehouseDoFn):
         yield inserted
 
 
+SECONDS_PER_DAY = 86_400
+
+
+def validate_slice_seconds(slice_seconds: int) -> None:
+    """A slice must divide a UTC day, so that no slice (and no batch) spans two days."""
+    if not 1 <= slice_seconds <= SECONDS_PER_DAY or SECONDS_PER_DAY % slice_seconds:
+        raise ValueError(f"slice_seconds must divide {SECONDS_PER_DAY}, got {slice_seconds}")
+
+
 def _day(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).date().isoformat()
+
+
+def _slice(value: dt.datetime, slice_seconds: int) -> str:
+    """The UTC start of the slice holding ``value``, e.g. ``2026-01-01T05:00:00Z``."""
+    utc = value.astimezone(dt.UTC)
+    second = utc.hour * 3600 + utc.minute * 60 + utc.second
+    start = second - second % slice_seconds
+    return f"{utc.date().isoformat()}T{start // 3600:02d}:{start // 60 % 60:02d}:{start % 60:02d}Z"
 
 
 def _event_day(candidate: LedgerCandidate) -> str:
     return _day(candidate.event.event_time)
 
 
-def _event_order(candidate: LedgerCandidate) -> Hashable:
+def _event_slice(candidate: LedgerCandidate, slice_seconds: int) -> str:
+    return _slice(candidate.event.event_time, slice_seconds)
+
+
+def event_order(candidate: LedgerCandidate) -> Hashable:
+    """The order of rows in a bounded batch: event time, then event_id."""
     return candidate.event.event_time, candidate.event.event_id
 
 
 def _arrival_day(row: DeadLetter) -> str:
     return _day(row.arrival_time)
+
+
+def _arrival_slice(row: DeadLetter, slice_seconds: int) -> str:
+    return _slice(row.arrival_time, slice_seconds)
 
 
 def _arrival_order(row: DeadLetter) -> Hashable:
@@ -243,23 +281,36 @@ class _Upsert(beam.PTransform):
         *,
         max_batch_rows: int = 5000,
         flush_seconds: float = 5.0,
+        slice_seconds: int = SECONDS_PER_DAY,
         num_retries: int = 5,
         initial_retry_delay_seconds: float = 1.0,
         checkpointing: Checkpointing | None = None,
     ) -> None:
         super().__init__()
+        validate_slice_seconds(slice_seconds)
         self._factory = warehouse_factory
         self._max_batch_rows = max_batch_rows
         self._flush_seconds = flush_seconds
+        self._slice_seconds = slice_seconds
         self._fn_args = (warehouse_factory, num_retries, initial_retry_delay_seconds, checkpointing)
 
 
 class BatchByEventDay(BatchForMerge):
-    """Ledger candidates in batches of one UTC day of event time, each in event-time order
-    (bounded input): the narrow time range that keeps each MERGE's cost flat."""
+    """Ledger candidates in batches within one UTC day of event time, each in event-time order
+    (bounded input: one slice of ``slice_seconds``, by default the day, per key): the narrow
+    time range that keeps each MERGE's cost flat."""
 
-    def __init__(self, max_rows: int, flush_seconds: float) -> None:
-        super().__init__(_event_day, _event_order, max_rows, flush_seconds)
+    def __init__(
+        self, max_rows: int, flush_seconds: float, slice_seconds: int = SECONDS_PER_DAY
+    ) -> None:
+        validate_slice_seconds(slice_seconds)
+        super().__init__(
+            _event_day,
+            event_order,
+            max_rows,
+            flush_seconds,
+            bounded_key=functools.partial(_event_slice, slice_seconds=slice_seconds),
+        )
 
 
 class UpsertLedger(_Upsert):
@@ -275,7 +326,8 @@ class UpsertLedger(_Upsert):
     def expand(self, candidates: beam.PCollection) -> beam.PCollection:
         return (
             candidates
-            | "BatchByEventDay" >> BatchByEventDay(self._max_batch_rows, self._flush_seconds)
+            | "BatchByEventDay"
+            >> BatchByEventDay(self._max_batch_rows, self._flush_seconds, self._slice_seconds)
             | "MergeBatches" >> beam.ParDo(MergeEventBatchesFn(*self._fn_args))
         )
 
@@ -288,7 +340,11 @@ class UpsertDeadLetters(_Upsert):
             dead_letters
             | "BatchByArrivalDay"
             >> BatchForMerge(
-                _arrival_day, _arrival_order, self._max_batch_rows, self._flush_seconds
+                _arrival_day,
+                _arrival_order,
+                self._max_batch_rows,
+                self._flush_seconds,
+                bounded_key=functools.partial(_arrival_slice, slice_seconds=self._slice_seconds),
             )
             | "MergeBatches" >> beam.ParDo(MergeDeadLetterBatchesFn(*self._fn_args))
         )

@@ -147,6 +147,13 @@ PARAMETERS: dict[str, ParameterSpec] = {
         bad=("-1", "abc", "1e3", ""),
         param_type="NUMBER",
     ),
+    "batch_slice_seconds": ParameterSpec(
+        "Backfill batch slice (seconds)",
+        regex=_POSITIVE_INT,
+        examples=("3600", "900", "86400"),
+        bad=("0", "-60", "1h"),
+        param_type="NUMBER",
+    ),
     "log_level": ParameterSpec(
         "Log level",
         examples=("WARNING", "INFO"),
