@@ -11,7 +11,7 @@ import re
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline.sinks.upsert import SECONDS_PER_DAY
+from pipeline.sinks.upsert import SECONDS_PER_DAY, slice_divides_day
 from pipeline.sinks.warehouse import parse_warehouse_url
 from pipeline.transforms.dedup import STRATEGIES
 from pipeline.transforms.windows import MAX_WINDOW_SECONDS
@@ -205,8 +205,7 @@ def validate(options: PipelineOptions) -> list[str]:
         (o.max_batch_rows < 1, "--max_batch_rows must be at least 1"),
         (o.batch_flush_seconds <= 0, "--batch_flush_seconds must be positive"),
         (
-            not 1 <= o.batch_slice_seconds <= SECONDS_PER_DAY
-            or SECONDS_PER_DAY % o.batch_slice_seconds != 0,
+            not slice_divides_day(o.batch_slice_seconds),
             f"--batch_slice_seconds must divide a day ({SECONDS_PER_DAY})",
         ),
         (o.merge_retries < 0, "--merge_retries must be >= 0"),

@@ -231,9 +231,13 @@ class MergeDeadLetterBatchesFn(_WarehouseDoFn):
 SECONDS_PER_DAY = 86_400
 
 
-def validate_slice_seconds(slice_seconds: int) -> None:
+def slice_divides_day(slice_seconds: int) -> bool:
     """A slice must divide a UTC day, so that no slice (and no batch) spans two days."""
-    if not 1 <= slice_seconds <= SECONDS_PER_DAY or SECONDS_PER_DAY % slice_seconds:
+    return 1 <= slice_seconds <= SECONDS_PER_DAY and SECONDS_PER_DAY % slice_seconds == 0
+
+
+def validate_slice_seconds(slice_seconds: int) -> None:
+    if not slice_divides_day(slice_seconds):
         raise ValueError(f"slice_seconds must divide {SECONDS_PER_DAY}, got {slice_seconds}")
 
 
