@@ -190,7 +190,6 @@ class BigQueryWarehouse(Warehouse):
         *,
         client_factory: Callable[[str], bigquery.Client] | None = None,
         location: str | None = None,
-        transaction_lookback: dt.timedelta = dt.timedelta(days=1),
         max_concurrent_batches: int = 2,
         run_id: str | None = None,
     ) -> None:
@@ -204,7 +203,6 @@ class BigQueryWarehouse(Warehouse):
         self.staging_project = staging_project
         self.staging_dataset = staging
         self.location = location
-        self.transaction_lookback = transaction_lookback
         if max_concurrent_batches < 1:
             raise ValueError("max_concurrent_batches must be at least 1")
         # BigQuery runs at most 2 mutating DML statements per table at a time and queues 20; each

@@ -11,9 +11,11 @@ let a version of an event with a *different* event_time, stored outside the rang
 and be inserted as a second row. It cannot: ``event_id`` is the table's PRIMARY KEY, so such an
 insert fails with a constraint error, the transaction rolls back and the batch is merged again
 without the restriction (``used_fallback``), where the stored version is found and the new one is
-dead-lettered as a conflict. The same holds for ``transactions`` (PRIMARY KEY ``transaction_id``;
-its restriction is widened by ``transaction_lookback`` because a transaction's current row may be
-older than the batch). Totals need no fallback: a window's row can only sit at its window_start.
+dead-lettered as a conflict. The ``transactions`` MERGE is restricted to the batch's range widened
+by ``TRANSACTION_LOOKBACK``; its PRIMARY KEY (``transaction_id``) catches a row further away in
+the same way, and that batch is merged again with an upsert through the key's index, which finds
+the row wherever it lies, not with whole-table scans. Totals need no fallback: a window's row can
+only sit at its window_start.
 """
 
 from __future__ import annotations
@@ -177,25 +179,66 @@ def _ledger_versions_sql(restricted: bool, ids_from: str) -> str:
     """
 
 
+# ``transactions``: each touched transaction's newest ledger row. DuckDB's MERGE joins by scanning
+# its target, so the MERGE restricts the target to the batch's range widened by
+# TRANSACTION_LOOKBACK, where nearly every transaction's row lies: flat as the table grows. A row
+# further away (a payment settled days after its authorisation) is invisible to it, and its
+# insert trips the PRIMARY KEY. That batch is merged again with the upsert, which finds every row
+# through the key's index wherever it lies (``ON CONFLICT DO UPDATE``). Why two paths
+# (BENCHMARKS.md, change 18): the upsert's index lookups cost more as the table grows (2.5-3
+# times as long into 5M transactions as into 50k), so the MERGE stays the common path; and before
+# the upsert such a batch was merged again unrestricted, every statement scanning its table whole.
+TRANSACTION_LOOKBACK = dt.timedelta(days=1)
+_TRANSACTION_FIELDS = ("account_id", "amount", "currency", "status", "event_time", "event_id")
+
+
+def _newer(source: str) -> str:
+    """The ``source`` row's event is newer than the target ``t``'s (ties to the greater id)."""
+    s = source
+    return (
+        f"({s}.event_time > t.event_time"
+        f" OR ({s}.event_time = t.event_time AND {s}.event_id > t.event_id))"
+    )
+
+
+def _newest_per_transaction_sql(restricted: bool) -> str:
+    return f"""
+        SELECT transaction_id, {", ".join(_TRANSACTION_FIELDS)} FROM {TRANSACTION_EVENTS.name}
+        WHERE event_id IN (SELECT event_id FROM stage_events)
+        {_range(restricted, "event_time", "$lo", "$hi")}
+        QUALIFY row_number() OVER (
+            PARTITION BY transaction_id ORDER BY event_time DESC, event_id DESC) = 1
+    """
+
+
 def _transactions_merge_sql(restricted: bool) -> str:
-    fields = ("account_id", "amount", "currency", "status", "event_time", "event_id")
+    fields = _TRANSACTION_FIELDS
     return f"""
         MERGE INTO {TRANSACTIONS.name} AS t
-        USING (
-            SELECT transaction_id, {", ".join(fields)} FROM {TRANSACTION_EVENTS.name}
-            WHERE event_id IN (SELECT event_id FROM stage_events)
-            {_range(restricted, "event_time", "$lo", "$hi")}
-            QUALIFY row_number() OVER (
-                PARTITION BY transaction_id ORDER BY event_time DESC, event_id DESC) = 1
-        ) AS s
+        USING ({_newest_per_transaction_sql(restricted)}) AS s
         ON t.transaction_id = s.transaction_id
-            {_range(restricted, "t.event_time", "$lo - $lookback", "$hi + $lookback")}
-        WHEN MATCHED AND (s.event_time > t.event_time
-                          OR (s.event_time = t.event_time AND s.event_id > t.event_id))
+            AND t.event_time BETWEEN $lo - $lookback AND $hi + $lookback
+        WHEN MATCHED AND {_newer("s")}
             THEN UPDATE SET {", ".join(f"{f} = s.{f}" for f in fields)}, updated_at = $now
         WHEN NOT MATCHED THEN INSERT (transaction_id, {", ".join(fields)}, updated_at)
             VALUES (s.transaction_id, {", ".join("s." + f for f in fields)}, $now)
     """
+
+
+def _transactions_upsert_sql(restricted: bool) -> str:
+    fields = _TRANSACTION_FIELDS
+    return f"""
+        INSERT INTO {TRANSACTIONS.name} AS t (transaction_id, {", ".join(fields)}, updated_at)
+        SELECT *, $now AS updated_at FROM ({_newest_per_transaction_sql(restricted)})
+        ON CONFLICT (transaction_id) DO UPDATE
+            SET {", ".join(f"{f} = excluded.{f}" for f in fields)},
+                updated_at = excluded.updated_at
+            WHERE {_newer("excluded")}
+    """
+
+
+class _TransactionOutsideLookback(Exception):
+    """The transactions MERGE met a transaction whose row lies outside its range."""
 
 
 # Windows are recomputed from the ledger, never incremented: a total is then exact whatever was
@@ -311,15 +354,11 @@ class DuckDBWarehouse(Warehouse):
     def __init__(
         self,
         path: str,
-        transaction_lookback: dt.timedelta = dt.timedelta(days=1),
         connect: Callable[[str], duckdb.DuckDBPyConnection] = duckdb.connect,
     ) -> None:
         """``connect`` is the client seam: tests pass a wrapper around ``duckdb.connect`` that
         injects faults into the real connection."""
-        if transaction_lookback < dt.timedelta(0):
-            raise ValueError("transaction_lookback must not be negative")
         self.path = path
-        self.transaction_lookback = transaction_lookback
         self._connect = connect
         self._connection: duckdb.DuckDBPyConnection | None = None
 
@@ -362,13 +401,21 @@ class DuckDBWarehouse(Warehouse):
         if not prepared.candidates:
             return MergeOutcome()
         try:
-            outcome = self._merge_events(prepared, restricted=True)
+            return self._merge_events(prepared, restricted=True, keyed=False)
+        except _TransactionOutsideLookback:
+            pass  # merged again below, its transactions through the key (TRANSACTION_LOOKBACK)
         except duckdb.ConstraintException:
             # A version stored outside the restricted range exists: see the module docstring.
-            outcome = self._merge_events(prepared, restricted=False)
-        return outcome
+            return self._merge_events(prepared, restricted=False, keyed=True)
+        try:
+            return self._merge_events(prepared, restricted=True, keyed=True)
+        except duckdb.ConstraintException:
+            # The ledger's key, as above (a concurrent writer between the two attempts).
+            return self._merge_events(prepared, restricted=False, keyed=True)
 
-    def _merge_events(self, prepared: ledger_rules.PreparedBatch, restricted: bool) -> MergeOutcome:
+    def _merge_events(
+        self, prepared: ledger_rules.PreparedBatch, restricted: bool, keyed: bool
+    ) -> MergeOutcome:
         candidates = prepared.candidates
         con = self.connection
         times = [c.event.event_time for c in candidates]
@@ -377,7 +424,7 @@ class DuckDBWarehouse(Warehouse):
             "hi": max(times),
             "wlo": min(c.window_start for c in candidates),
             "whi": max(c.window_end for c in candidates),
-            "lookback": self.transaction_lookback,
+            "lookback": TRANSACTION_LOOKBACK,
             "now": dt.datetime.now(dt.UTC),
         }
 
@@ -400,7 +447,7 @@ class DuckDBWarehouse(Warehouse):
                 )
             judgement = ledger_rules.judge(candidates, held)
             dead_letters = self._insert_dead_letters(list(judgement.conflicts))
-            transactions = run(_transactions_merge_sql(restricted))
+            transactions = self._write_transactions(run, restricted, keyed)
             self._stage_totals(_bind(_WINDOW_SUMS_SQL, values))
             windows = run(_TOTALS_MERGE_SQL)
             con.execute("DROP TABLE stage_events")
@@ -418,6 +465,16 @@ class DuckDBWarehouse(Warehouse):
             dead_letters_inserted=dead_letters,
             used_fallback=not restricted,
         )
+
+    @staticmethod
+    def _write_transactions(run: Callable[[str], int], restricted: bool, keyed: bool) -> int:
+        if keyed:
+            return run(_transactions_upsert_sql(restricted))
+        try:
+            return run(_transactions_merge_sql(restricted))
+        except duckdb.ConstraintException as error:
+            # Only the key can trip here: a transaction's row outside the MERGE's range.
+            raise _TransactionOutsideLookback(str(error)) from error
 
     def _stage_events(self, candidates: Sequence[LedgerCandidate]) -> None:
         self._register_temp("stage_events", stage_events_table(candidates))

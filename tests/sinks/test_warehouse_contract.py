@@ -183,9 +183,19 @@ def test_event_time_ties_go_to_the_greater_event_id(wh: Warehouse) -> None:
     assert wh.fetch_rows("transactions")[0]["event_id"] == "f0"
 
 
-def test_transaction_state_older_than_the_lookback_is_still_one_row(wh: Warehouse) -> None:
-    merge(wh, [event("e1", at=T0)])
-    wh.merge_events([cand(event("e2", status="POSTED", at=T0 + dt.timedelta(days=30)))])
+@pytest.mark.parametrize("newer_first", [False, True])
+def test_a_transaction_days_away_from_the_batch_keeps_one_row_without_a_fallback(
+    wh: Warehouse, newer_first: bool
+) -> None:
+    """A transaction's row 30 days away from the batch (either way) is found and kept to its
+    newest event, and the batch needs no unrestricted fallback: a settlement days after its
+    authorisation is ordinary data, not a conflict."""
+    pending = event("e1", at=T0)
+    posted = event("e2", status="POSTED", at=T0 + dt.timedelta(days=30))
+    first, second = (posted, pending) if newer_first else (pending, posted)
+    merge(wh, [first])
+    outcome = wh.merge_events([cand(second)])
+    assert (outcome.inserted, outcome.used_fallback) == (1, False)
     (row,) = wh.fetch_rows("transactions")
     assert (row["event_id"], row["status"]) == ("e2", "POSTED")
     assert_consistent(wh)
@@ -257,7 +267,7 @@ def test_duckdb_rolls_a_failing_batch_back_whole(duckdb_path: str, failing_table
     _assert_batch_fails_whole(
         duckdb_path,
         lambda path: FaultyConnection(
-            duckdb.connect(path), lambda sql: f"MERGE INTO {failing_table} " in sql
+            duckdb.connect(path), lambda sql: f" INTO {failing_table} " in sql
         ),
         [cand(event("e2", transaction_id="t2"))],
         InjectedFault,
@@ -310,6 +320,50 @@ def test_duckdb_guards_its_restricted_merges_with_primary_keys(duckdb_path: str,
     assert outcome.used_fallback
     assert len(wh.fetch_rows("transaction_events")) == 2
     assert len(wh.fetch_rows("transactions")) == 1
+    wh.close()
+
+
+def test_duckdb_merges_transactions_in_range_until_one_lies_beyond_it(duckdb_path: str) -> None:
+    """DuckDB's transactions MERGE scans the batch's range widened by the lookback. A transaction
+    whose row lies beyond it trips the primary key, and that batch is merged again with the
+    upsert through the key, not unrestricted; the next batch takes the MERGE again. The
+    statements run are observed through the connection seam."""
+    statements: list[str] = []
+
+    def record(sql: str) -> bool:
+        statements.append(" ".join(sql.split()[:3]))
+        return False  # fail nothing: the wrapper only records
+
+    def batch(*events: Event) -> tuple[bool, list[str]]:
+        statements.clear()
+        outcome = wh.merge_events([cand(e) for e in events])
+        return outcome.used_fallback, [
+            s for s in statements if s.endswith("INTO transactions") or s == "ROLLBACK"
+        ]
+
+    wh = DuckDBWarehouse(
+        duckdb_path, connect=lambda path: FaultyConnection(duckdb.connect(path), record)
+    )
+    wh.create_tables()
+    later = T0 + dt.timedelta(days=30)
+    assert batch(event("e1")) == (False, ["MERGE INTO transactions"])
+    assert batch(event("e2", at=T0 + dt.timedelta(hours=20))) == (
+        False,
+        ["MERGE INTO transactions"],
+    )
+    assert batch(event("e3", status="POSTED", at=later)) == (
+        False,
+        ["MERGE INTO transactions", "ROLLBACK", "INSERT INTO transactions"],
+    )
+    assert batch(event("e4", transaction_id="txn-2", at=later)) == (
+        False,
+        ["MERGE INTO transactions"],
+    )
+    rows = {
+        r["transaction_id"]: (r["event_id"], r["status"]) for r in wh.fetch_rows("transactions")
+    }
+    assert rows == {"txn-1": ("e3", "POSTED"), "txn-2": ("e4", "PENDING")}
+    assert_consistent(wh)
     wh.close()
 
 
