@@ -185,7 +185,7 @@ def _ledger_versions_sql(restricted: bool, ids_from: str) -> str:
 # further away (a payment settled days after its authorisation) is invisible to it, and its
 # insert trips the PRIMARY KEY. That batch is merged again with the upsert, which finds every row
 # through the key's index wherever it lies (``ON CONFLICT DO UPDATE``). Why two paths
-# (BENCHMARKS.md, change 18): the upsert's index lookups cost more as the table grows (2.5-3
+# (BENCHMARKS.md, change 18): the upsert's index lookups cost more as the table grows (2-3
 # times as long into 5M transactions as into 50k), so the MERGE stays the common path; and before
 # the upsert such a batch was merged again unrestricted, every statement scanning its table whole.
 TRANSACTION_LOOKBACK = dt.timedelta(days=1)
