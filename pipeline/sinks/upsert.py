@@ -9,7 +9,8 @@ a batch touches one partition and its MERGE can be restricted to it.
   memory (about 0.74 KB a row at the sort's peak, BENCHMARKS.md section 4): shorter slices bound
   what a worker holds for a large backfill, and let a day's slices merge on different workers.
   A day stays the default because the runner emits slices in no time order, and on DuckDB
-  hourly slices made the 1M bench run 12-16% slower, all in the MERGE step (README, Limits).
+  hourly slices made the 1M bench run 12-16% slower, all in the MERGE step, before change 18
+  removed the part due to unrestricted re-merges (README, Limits; BENCHMARKS.md section 4).
 * Unbounded input: ``GroupIntoBatches`` per day, flushed at ``max_batch_rows`` or after
   ``flush_seconds`` of buffering, whichever comes first. Its buffer is bounded by the batch size,
   so no slicing is needed; one key per day keeps the MERGEs of a day in one queue (README, DML
