@@ -59,10 +59,10 @@ emulator: install
 bq-emulator:
 	scripts/bq_emulator/install.sh
 
-# Benchmarks (not part of make test): about 43 minutes on a 2-core machine (BENCHMARKS.md);
+# Benchmarks (not part of make test): about 49 minutes on a 2-core machine (BENCHMARKS.md);
 # BENCH_ARGS=--quick runs the same shape at a tenth of the sizes. Results:
 # build/bench/results.json, BENCHMARKS.md.
-bench: install
+bench: install bq-emulator
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 lint: install

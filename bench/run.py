@@ -93,6 +93,13 @@ def _sections(events: int, scale: int) -> dict[str, Callable[[], Any]]:
             for variant in ("pipeline", "beam_deduplicate", "none")
             if variant != "none" or round_ == 1
         ],
+        # Today's per-batch design under BigQuery's rules and stated latency (a model), one
+        # worker process with one DoFn instance and with four; latency off: the emulator alone.
+        "bigquery_batches": lambda: [
+            _json("bench.bigquery_batches", *map(str, (5000 // scale, batches, instances)), latency)
+            for latency in ("none", "production")
+            for instances, batches in ((1, 3), (4, 8))
+        ],
         "soak": lambda: [
             _json("tests.test_soak", mode, str(SOAK_KEYS // scale), "5000")
             for mode in ("dedup", "no-expiry", "passthrough")
@@ -145,6 +152,13 @@ def render(results: dict[str, Any]) -> str:
         lines.extend(_merge_lines(results["merge_cost"]))
     if "streaming_dedup" in results:
         lines.extend(_streaming_lines(results["streaming_dedup"]))
+    if "bigquery_batches" in results:
+        lines.extend(
+            f"  bigquery batches ({r['latency']} latency, {r['instances']} instances):"
+            f" {r['seconds_per_batch']} s a batch of {r['rows_per_batch']},"
+            f" {r['rows_per_second']} rows/s, {r['jobs_per_batch']} jobs a batch"
+            for r in results["bigquery_batches"]
+        )
     if "soak" in results:
         soak = {r["mode"]: r for r in results["soak"]}
         lines.append("  soak: " + ", ".join(

@@ -29,6 +29,7 @@
 #   SUBSCRIPTION        projects/$(PROJECT)/subscriptions/$(NAME_PREFIX)-events-dataflow
 #   DATASET             effectively_once: --warehouse=bigquery:$(PROJECT).$(DATASET)
 #   STAGING_DATASET     effectively_once_staging: --bigquery_staging_dataset=$(PROJECT).$(STAGING_DATASET)
+#   BIGQUERY_LOCATION   (empty: the datasets' own) --bigquery_location, where the datasets must be
 #   JOB_NAME            $(NAME_PREFIX)-streaming: the streaming job (the alerts match $(NAME_PREFIX)-*)
 #   STREAMING_MODE      at_least_once (default: every tier is idempotent, so Dataflow's cheaper,
 #                       lower-latency mode is safe) or exactly_once
@@ -69,6 +70,7 @@ SERVICE_ACCOUNT ?= $(NAME_PREFIX)-worker@$(PROJECT).iam.gserviceaccount.com
 SUBSCRIPTION ?= projects/$(PROJECT)/subscriptions/$(NAME_PREFIX)-events-dataflow
 DATASET ?= effectively_once
 STAGING_DATASET ?= effectively_once_staging
+BIGQUERY_LOCATION ?=
 JOB_NAME ?= $(NAME_PREFIX)-streaming
 STREAMING_MODE ?= at_least_once
 INPUT_FILES ?=
@@ -116,6 +118,7 @@ DATAFLOW_RUN_FLAGS = --project='$(PROJECT)' --region='$(REGION)' \
 	--parameters='sdk_container_image=$(IMAGE)' \
 	--parameters='warehouse=bigquery:$(PROJECT).$(DATASET)' \
 	--parameters='bigquery_staging_dataset=$(PROJECT).$(STAGING_DATASET)' \
+	$(if $(BIGQUERY_LOCATION),--parameters='bigquery_location=$(BIGQUERY_LOCATION)') \
 	$(foreach parameter,$(PARAMETERS),--parameters='$(parameter)')
 
 .PHONY: dataflow-help dataflow-env image template launch launch-batch lock template-metadata \

@@ -12,7 +12,7 @@ import re
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline.sinks.upsert import SECONDS_PER_DAY, slice_divides_day
-from pipeline.sinks.warehouse import parse_warehouse_url
+from pipeline.sinks.warehouse import BigQuerySettings, parse_warehouse_url
 from pipeline.transforms.dedup import STRATEGIES
 from pipeline.transforms.windows import MAX_WINDOW_SECONDS
 
@@ -76,6 +76,21 @@ class EffectivelyOnceOptions(PipelineOptions):
             default="",
             help="BigQuery only: PROJECT.DATASET for the load-job staging tables (give it a"
             " default table expiration). Default: the warehouse dataset's name + _staging",
+        )
+        parser.add_argument(
+            "--bigquery_location",
+            default="",
+            help="BigQuery only: the location both datasets must be in, e.g. europe-west1 or EU;"
+            " a run refuses to start when they are elsewhere. Every BigQuery job is created and"
+            " looked up there. Empty: the location the warehouse dataset reports. Default: empty",
+        )
+        parser.add_argument(
+            "--bigquery_create_datasets",
+            action="store_true",
+            help="BigQuery only: create the datasets when they do not exist (in"
+            " --bigquery_location, or BigQuery's default). For local runs: on Google Cloud"
+            " Terraform creates them, and the worker may not (it has no"
+            " bigquery.datasets.create).",
         )
         parser.add_argument(
             "--window_size_seconds",
@@ -155,6 +170,7 @@ _PROJECT = r"projects/[a-z][a-z0-9-]{4,28}[a-z0-9]"
 _NAME = r"[A-Za-z][\w\-.~+%]{2,254}"
 _SUBSCRIPTION = re.compile(rf"{_PROJECT}/subscriptions/{_NAME}")
 _TOPIC = re.compile(rf"{_PROJECT}/topics/{_NAME}")
+_LOCATION = re.compile(r"[A-Za-z]+(?:-[a-z]+[0-9]*)*")  # US, EU, europe-west1, us-east4
 
 
 def is_streaming_input(options: PipelineOptions) -> bool:
@@ -162,12 +178,34 @@ def is_streaming_input(options: PipelineOptions) -> bool:
     return bool(opts.input_subscription or opts.input_topic)
 
 
-def _warehouse_problem(url: str, staging: str) -> str | None:
+def bigquery_settings(options: PipelineOptions) -> BigQuerySettings:
+    o = options.view_as(EffectivelyOnceOptions)
+    return BigQuerySettings(
+        staging_dataset=o.bigquery_staging_dataset or None,
+        location=o.bigquery_location or None,
+        create_datasets=o.bigquery_create_datasets,
+    )
+
+
+def _warehouse_problem(options: EffectivelyOnceOptions) -> str | None:
+    url, staging = options.warehouse, options.bigquery_staging_dataset
     try:
         kind, _ = parse_warehouse_url(url)
+        if kind != "bigquery":
+            given = [
+                name
+                for name, value in (
+                    ("--bigquery_staging_dataset", staging),
+                    ("--bigquery_location", options.bigquery_location),
+                    ("--bigquery_create_datasets", options.bigquery_create_datasets),
+                )
+                if value
+            ]
+            if given:
+                return f"{', '.join(given)} applies only to --warehouse=bigquery:..."
+        if options.bigquery_location and not _LOCATION.fullmatch(options.bigquery_location):
+            return "--bigquery_location must be a BigQuery location, e.g. europe-west1 or EU"
         if staging:
-            if kind != "bigquery":
-                return "--bigquery_staging_dataset applies only to --warehouse=bigquery:..."
             from pipeline.sinks.bigquery import parse_dataset  # noqa: PLC0415
 
             try:
@@ -218,5 +256,5 @@ def validate(options: PipelineOptions) -> list[str]:
         ),
     ]
     problems = [message for failed, message in checks if failed]
-    warehouse_problem = _warehouse_problem(o.warehouse, o.bigquery_staging_dataset)
+    warehouse_problem = _warehouse_problem(o)
     return problems if warehouse_problem is None else [*problems, warehouse_problem]

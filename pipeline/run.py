@@ -23,10 +23,20 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from pipeline import metrics
 from pipeline.dead_letters import DEAD_LETTER_TAG
-from pipeline.options import EffectivelyOnceOptions, is_streaming_input, validate
+from pipeline.options import (
+    EffectivelyOnceOptions,
+    bigquery_settings,
+    is_streaming_input,
+    validate,
+)
 from pipeline.progress import ProgressHandle, RunProgress, register_run, unregister_run
 from pipeline.sinks.upsert import Checkpointing, UpsertDeadLetters, UpsertLedger
-from pipeline.sinks.warehouse import WarehouseFactory, open_warehouse, warehouse_factory
+from pipeline.sinks.warehouse import (
+    WarehouseFactory,
+    WarehouseSetupError,
+    open_warehouse,
+    warehouse_factory,
+)
 from pipeline.sources import (
     ReadEventFiles,
     ReadPubSubMessages,
@@ -72,7 +82,7 @@ def build_pipeline(
     factory of a (fault-injecting) warehouse, and input in place of the configured source.
     ``progress`` tracks replay checkpoints of a subscription on the DirectRunner."""
     opts = options.view_as(EffectivelyOnceOptions)
-    factory = warehouse or warehouse_factory(opts.warehouse, opts.bigquery_staging_dataset or None)
+    factory = warehouse or warehouse_factory(opts.warehouse, bigquery_settings(options))
     if records is None:
         if opts.input_files:
             records = pipeline | "ReadEvents" >> ReadEventFiles(opts.input_files)
@@ -117,10 +127,23 @@ def build_pipeline(
     )
 
 
+def check_warehouse(options: PipelineOptions) -> None:
+    """Fail before the job starts when the warehouse cannot be written: its datasets (their
+    existence, location, and the rights to use them) and tables, created if absent. On Dataflow
+    this runs in the Flex Template launcher, as the worker's service account, so a missing
+    dataset or grant stops the launch with its message instead of failing every bundle."""
+    opts = options.view_as(EffectivelyOnceOptions)
+    warehouse = open_warehouse(opts.warehouse, bigquery_settings(options))
+    try:
+        warehouse.create_tables()
+    finally:
+        warehouse.close()
+
+
 def replay_from_checkpoint(options: PipelineOptions) -> None:
     """Seek the subscription back to the warehouse's replay checkpoint, if there is one."""
     opts = options.view_as(EffectivelyOnceOptions)
-    warehouse = open_warehouse(opts.warehouse, opts.bigquery_staging_dataset or None)
+    warehouse = open_warehouse(opts.warehouse, bigquery_settings(options))
     try:
         warehouse.create_tables()
         checkpoint = warehouse.read_checkpoint(opts.input_subscription)
@@ -207,6 +230,7 @@ def run(argv: Sequence[str] | None = None) -> metrics.RunSummary:
     if problems:
         raise ValueError("invalid options:\n  " + "\n  ".join(problems))
     logging.getLogger("pipeline").setLevel(options.view_as(EffectivelyOnceOptions).log_level)
+    check_warehouse(options)
     if is_streaming_input(options):
         return _run_streaming(options)
     pipeline = beam.Pipeline(options=options)
@@ -229,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(error, file=sys.stderr)
             return 2
         raise
+    except WarehouseSetupError as error:
+        print(f"the warehouse is not ready: {error}", file=sys.stderr)
+        return 1
     if summary.counters:
         print(summary.render())
     else:

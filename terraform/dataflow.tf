@@ -41,6 +41,7 @@ resource "google_dataflow_flex_template_job" "streaming" {
     input_subscription       = module.pubsub.subscription_id
     warehouse                = "bigquery:${var.project_id}.${module.bigquery.dataset_id}"
     bigquery_staging_dataset = "${var.project_id}.${module.bigquery.staging_dataset_id}"
+    bigquery_location        = local.bigquery_location
   })
 
   # terraform destroy drains: no new messages are pulled, and what was pulled is merged first.

@@ -65,5 +65,6 @@ output "make_env" {
     SUBSCRIPTION := ${module.pubsub.subscription_id}
     DATASET := ${module.bigquery.dataset_id}
     STAGING_DATASET := ${module.bigquery.staging_dataset_id}
+    BIGQUERY_LOCATION := ${local.bigquery_location}
   EOT
 }

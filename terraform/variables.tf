@@ -206,7 +206,7 @@ variable "dataflow_job" {
   }
 
   validation {
-    condition     = var.dataflow_job == null ? true : length(setintersection(keys(var.dataflow_job.parameters), ["input_files", "input_topic", "input_subscription", "warehouse", "bigquery_staging_dataset"])) == 0
+    condition     = var.dataflow_job == null ? true : length(setintersection(keys(var.dataflow_job.parameters), ["input_files", "input_topic", "input_subscription", "warehouse", "bigquery_staging_dataset", "bigquery_location"])) == 0
     error_message = "dataflow_job.parameters must not set the input or the warehouse: this stack does."
   }
 }

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
+
+from pipeline.tools.pubsub_emulator import free_port
 
 if TYPE_CHECKING:
     from google.cloud import bigquery
@@ -100,12 +101,6 @@ def require_installed() -> None:
             f"the local BigQuery emulator is not installed in {EMULATOR_DIR}: run "
             "`make bq-emulator` (scripts/bq_emulator/install.sh; needs Python 3.13)"
         )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _answers(endpoint: str, project: str) -> bool:

@@ -1,8 +1,8 @@
 """Fixtures: real local services. ``warehouse`` runs a test once per warehouse: the embedded
-DuckDB (a fresh file) and BigQuery on the local emulator (a fresh dataset of one emulator shared
-by the session). ``emulator`` (Google's Pub/Sub emulator) and ``postgres`` (a throwaway cluster)
-are started once per test module that asks for them and stopped after it. A missing service is
-an error, never a skip."""
+DuckDB (a fresh file) and BigQuery on the local emulator (fresh datasets of one emulator shared
+by the session, behind the production rules of tests/production_bigquery/). ``emulator``
+(Google's Pub/Sub emulator) and ``postgres`` (a throwaway cluster) are started once per test
+module that asks for them and stopped after it. A missing service is an error, never a skip."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pipeline.tools.pubsub_emulator import Emulator, running_emulator
 from producer.local_postgres import Postgres
 from tests.bigquery_emulator import BigQueryEmulator, bigquery_emulator
 from tests.postgres import postgres_cluster
+from tests.production_bigquery import ProductionBigQuery
 from tests.warehouses import WAREHOUSES, duckdb_factory, fresh_bigquery
 
 
@@ -23,6 +24,14 @@ from tests.warehouses import WAREHOUSES, duckdb_factory, fresh_bigquery
 def bq_emulator() -> Iterator[BigQueryEmulator]:
     with bigquery_emulator() as emulator:
         yield emulator
+
+
+@pytest.fixture(scope="session")
+def production_bigquery(bq_emulator: BigQueryEmulator) -> Iterator[ProductionBigQuery]:
+    """The emulator as BigQuery behaves in production (tests/production_bigquery/): what every
+    BigQuery warehouse test talks to."""
+    with ProductionBigQuery(bq_emulator.endpoint) as proxy:
+        yield proxy
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +56,7 @@ def warehouse(request: pytest.FixtureRequest, duckdb_path: str) -> WarehouseFact
     """A factory of a real, empty warehouse: each test runs on DuckDB and on BigQuery."""
     if request.param == "duckdb":
         return duckdb_factory(duckdb_path)
-    emulator: BigQueryEmulator = request.getfixturevalue("bq_emulator")
-    return fresh_bigquery(emulator.endpoint, emulator.project)
+    return fresh_bigquery(request.getfixturevalue("production_bigquery"))
 
 
 @pytest.fixture

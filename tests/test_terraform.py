@@ -12,72 +12,27 @@ import os
 import re
 import shutil
 import subprocess
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-try:
-    import hcl2
-    from hcl2.utils import SerializationOptions
-except ImportError as error:  # pragma: no cover - a clear message instead of a bare ImportError
-    raise ImportError(
-        "python-hcl2 is a test dependency of tests/test_terraform.py: pip install python-hcl2"
-    ) from error
-
 from pipeline import metrics
 from pipeline.tables import ALL_TABLES
 from pipeline.tools import template_metadata
-
-ROOT = Path(__file__).resolve().parents[1]
-TERRAFORM = ROOT / "terraform"
-MODULES = [TERRAFORM, TERRAFORM / "modules" / "pubsub", TERRAFORM / "modules" / "bigquery"]
-DATAFLOW_MK = ROOT / "make" / "dataflow.mk"
-
-_OPTIONS = SerializationOptions(
-    strip_string_quotes=True, explicit_blocks=False, with_comments=False, preserve_heredocs=False
+from tests.terraform_hcl import (
+    ROOT,
+    TERRAFORM,
+    blocks,
+    named,
+    parse,
+    resources,
+    terraform_locals,
+    unescape,
 )
 
-
-@cache
-def _parse(path: Path) -> dict[str, Any]:
-    with path.open(encoding="utf-8") as handle:
-        return dict(hcl2.load(handle, serialization_options=_OPTIONS))
-
-
-def _blocks(folder: Path, kind: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    for path in sorted(folder.glob("*.tf")):
-        found.extend(_parse(path).get(kind, []))
-    return found
-
-
-def _named(folder: Path, kind: str) -> dict[str, dict[str, Any]]:
-    """variable / output / module blocks of a folder, by name."""
-    return {name: body for block in _blocks(folder, kind) for name, body in block.items()}
-
-
-def _resources(folder: Path, resource_type: str) -> dict[str, dict[str, Any]]:
-    return {
-        name: body
-        for block in _blocks(folder, "resource")
-        for kind, resources in block.items()
-        if kind == resource_type
-        for name, body in resources.items()
-    }
-
-
-def _locals(folder: Path) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    for block in _blocks(folder, "locals"):
-        merged.update(block)
-    return merged
-
-
-def _unescape(expression: str) -> str:
-    """python-hcl2 keeps the backslashes of quotes nested in expressions and heredocs."""
-    return expression.replace('\\"', '"')
+MODULES = [TERRAFORM, TERRAFORM / "modules" / "pubsub", TERRAFORM / "modules" / "bigquery"]
+DATAFLOW_MK = ROOT / "make" / "dataflow.mk"
 
 
 def _metadata_parameters() -> list[dict[str, object]]:
@@ -170,7 +125,7 @@ def test_checkov_finds_nothing_unexplained() -> None:
 
 
 def test_versions_terraform_1_5_and_google_pinned_to_one_major() -> None:
-    (settings,) = _blocks(TERRAFORM, "terraform")
+    (settings,) = blocks(TERRAFORM, "terraform")
     assert settings["required_version"] == ">= 1.5"
     (providers,) = settings["required_providers"]
     assert set(providers) == {"google", "google-beta"}
@@ -183,7 +138,7 @@ def test_versions_terraform_1_5_and_google_pinned_to_one_major() -> None:
     assert len(majors) == 1, "google and google-beta must be the same major"
     (major,) = majors
     for module in MODULES[1:]:
-        (module_settings,) = _blocks(module, "terraform")
+        (module_settings,) = blocks(module, "terraform")
         (module_providers,) = module_settings["required_providers"]
         version = module_providers["google"]["version"]
         assert version == f">= {major}.0, < {int(major) + 1}.0", (module, version)
@@ -191,7 +146,7 @@ def test_versions_terraform_1_5_and_google_pinned_to_one_major() -> None:
 
 @pytest.mark.parametrize("folder", MODULES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_variable_is_typed_and_described(folder: Path) -> None:
-    variables = _named(folder, "variable")
+    variables = named(folder, "variable")
     assert variables
     for name, variable in variables.items():
         assert variable.get("type"), f"{folder}: variable {name} has no type"
@@ -201,16 +156,16 @@ def test_every_variable_is_typed_and_described(folder: Path) -> None:
 
 @pytest.mark.parametrize("folder", MODULES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_output_is_described(folder: Path) -> None:
-    outputs = _named(folder, "output")
+    outputs = named(folder, "output")
     assert outputs
     for name, output in outputs.items():
         assert len(str(output.get("description", ""))) > 10, f"{folder}: output {name}"
 
 
 def test_modules_get_every_required_variable_and_nothing_else() -> None:
-    for name, call in _named(TERRAFORM, "module").items():
+    for name, call in named(TERRAFORM, "module").items():
         folder = (TERRAFORM / call["source"]).resolve()
-        variables = _named(folder, "variable")
+        variables = named(folder, "variable")
         arguments = set(call) - {"source", "depends_on", "count", "for_each", "providers"}
         assert arguments <= set(variables), (name, arguments - set(variables))
         required = {v for v, body in variables.items() if "default" not in body}
@@ -218,8 +173,8 @@ def test_modules_get_every_required_variable_and_nothing_else() -> None:
 
 
 def test_example_tfvars_sets_every_required_variable_and_only_declared_ones() -> None:
-    example = _parse(TERRAFORM / "example.tfvars")
-    variables = _named(TERRAFORM, "variable")
+    example = parse(TERRAFORM / "example.tfvars")
+    variables = named(TERRAFORM, "variable")
     assert set(example) <= set(variables)
     required = {name for name, body in variables.items() if "default" not in body}
     assert required == {"project_id", "region"}
@@ -230,7 +185,7 @@ def test_example_tfvars_sets_every_required_variable_and_only_declared_ones() ->
 
 
 def test_tables_agree_with_pipeline_tables() -> None:
-    tables = _locals(TERRAFORM)["tables"]
+    tables = terraform_locals(TERRAFORM)["tables"]
     expected = [
         {
             "name": table.name,
@@ -245,14 +200,14 @@ def test_tables_agree_with_pipeline_tables() -> None:
 
 
 def test_tables_read_the_generated_schema_files() -> None:
-    call = _named(TERRAFORM, "module")["bigquery"]
+    call = named(TERRAFORM, "module")["bigquery"]
     assert 'file("${path.module}/schemas/${table.name}.json")' in call["tables"].replace("\\", "")
     for table in ALL_TABLES:
         assert (TERRAFORM / "schemas" / f"{table.name}.json").exists(), table.name
 
 
 def test_each_table_is_day_partitioned_on_its_time_column_and_clustered() -> None:
-    (resource,) = _resources(TERRAFORM / "modules" / "bigquery", "google_bigquery_table").values()
+    (resource,) = resources(TERRAFORM / "modules" / "bigquery", "google_bigquery_table").values()
     assert resource["for_each"] == "${{for table in var.tables : table.name => table}}"
     assert resource["schema"] == "${each.value.schema}"
     assert "each.value.clustering" in resource["clustering"]
@@ -263,36 +218,36 @@ def test_each_table_is_day_partitioned_on_its_time_column_and_clustered() -> Non
 
 
 def test_the_staging_dataset_expires_its_tables() -> None:
-    datasets = _resources(TERRAFORM / "modules" / "bigquery", "google_bigquery_dataset")
+    datasets = resources(TERRAFORM / "modules" / "bigquery", "google_bigquery_dataset")
     assert "default_table_expiration_ms" in datasets["staging"]
     assert "default_table_expiration_ms" not in datasets["warehouse"]
 
 
 def test_the_pipeline_subscription_keeps_messages_for_replay() -> None:
     pubsub = TERRAFORM / "modules" / "pubsub"
-    subscription = _resources(pubsub, "google_pubsub_subscription")["pipeline"]
+    subscription = resources(pubsub, "google_pubsub_subscription")["pipeline"]
     assert subscription["retain_acked_messages"] is True
     assert subscription["message_retention_duration"] == "${var.message_retention}"
     assert subscription["expiration_policy"] == [{"ttl": ""}]
     assert "dead_letter_policy" not in subscription  # Dataflow does not support one
-    call = _named(TERRAFORM, "module")["pubsub"]
+    call = named(TERRAFORM, "module")["pubsub"]
     assert call["message_retention"] == "${var.message_retention_days * 86400}s"
-    assert _named(TERRAFORM, "variable")["message_retention_days"]["default"] == 7
+    assert named(TERRAFORM, "variable")["message_retention_days"]["default"] == 7
 
 
 def test_dead_letters_of_other_consumers_and_service_agent_only_where_it_applies() -> None:
     pubsub = TERRAFORM / "modules" / "pubsub"
-    consumers = _resources(pubsub, "google_pubsub_subscription")["consumers"]
+    consumers = resources(pubsub, "google_pubsub_subscription")["consumers"]
     (policy,) = consumers["dead_letter_policy"]
     assert policy["dead_letter_topic"] == "${google_pubsub_topic.dead_letters.id}"
-    hold = _resources(pubsub, "google_pubsub_subscription")["dead_letters_hold"]
+    hold = resources(pubsub, "google_pubsub_subscription")["dead_letters_hold"]
     assert hold["topic"] == "${google_pubsub_topic.dead_letters.id}"
-    publisher = _resources(pubsub, "google_pubsub_topic_iam_member")
+    publisher = resources(pubsub, "google_pubsub_topic_iam_member")
     assert list(publisher) == ["service_agent_publishes_dead_letters"]
     grant = publisher["service_agent_publishes_dead_letters"]
     assert grant["count"] == "${length(var.consumer_subscriptions) > 0 ? 1 : 0}"
     assert grant["role"] == "roles/pubsub.publisher"
-    subscriber = _resources(pubsub, "google_pubsub_subscription_iam_member")
+    subscriber = resources(pubsub, "google_pubsub_subscription_iam_member")
     assert list(subscriber) == ["service_agent_acks_dead_letters"]
     assert subscriber["service_agent_acks_dead_letters"]["for_each"] == (
         "${google_pubsub_subscription.consumers}"
@@ -300,7 +255,7 @@ def test_dead_letters_of_other_consumers_and_service_agent_only_where_it_applies
 
 
 def _job() -> dict[str, Any]:
-    return _resources(TERRAFORM, "google_dataflow_flex_template_job")["streaming"]
+    return resources(TERRAFORM, "google_dataflow_flex_template_job")["streaming"]
 
 
 def test_the_optional_job_runs_the_template_at_least_once_on_streaming_engine() -> None:
@@ -311,12 +266,12 @@ def test_the_optional_job_runs_the_template_at_least_once_on_streaming_engine() 
     assert job["on_delete"] == "drain"
     assert job["sdk_container_image"] == "${var.dataflow_job.image}"
     assert job["service_account_email"] == "${google_service_account.worker.email}"
-    experiments = _locals(TERRAFORM)["streaming_mode_experiments"]
+    experiments = terraform_locals(TERRAFORM)["streaming_mode_experiments"]
     assert experiments == {"at_least_once": ["streaming_mode_at_least_once"], "exactly_once": []}
     assert job["additional_experiments"] == (
         "${local.streaming_mode_experiments[var.dataflow_job.streaming_mode]}"
     )
-    variable = _named(TERRAFORM, "variable")["dataflow_job"]
+    variable = named(TERRAFORM, "variable")["dataflow_job"]
     assert variable["default"] is None
     assert 'streaming_mode = optional(string, "at_least_once")' in variable["type"].replace(
         "\\", ""
@@ -324,7 +279,7 @@ def test_the_optional_job_runs_the_template_at_least_once_on_streaming_engine() 
 
 
 def test_the_job_passes_template_parameters_the_metadata_declares() -> None:
-    parameters = _unescape(_job()["parameters"])
+    parameters = unescape(_job()["parameters"])
     prefix, suffix = "${merge(var.dataflow_job.parameters, {", "})}"
     assert parameters.startswith(prefix) and parameters.endswith(suffix), parameters
     fields = re.split(r", (?=\w+ = )", parameters.removeprefix(prefix).removesuffix(suffix))
@@ -337,27 +292,28 @@ def test_the_job_passes_template_parameters_the_metadata_declares() -> None:
         "input_subscription": "module.pubsub.subscription_id",
         "warehouse": '"bigquery:${var.project_id}.${module.bigquery.dataset_id}"',
         "bigquery_staging_dataset": '"${var.project_id}.${module.bigquery.staging_dataset_id}"',
+        "bigquery_location": "local.bigquery_location",
     }
 
 
 def test_worker_roles_are_least_privilege() -> None:
-    project_roles = _resources(TERRAFORM, "google_project_iam_member")["worker"]["for_each"]
+    project_roles = resources(TERRAFORM, "google_project_iam_member")["worker"]["for_each"]
     assert set(re.findall(r"roles/[\w.]+", project_roles)) == {
         "roles/dataflow.worker",
         "roles/bigquery.jobUser",
     }
-    subscription = _resources(TERRAFORM, "google_pubsub_subscription_iam_member")["worker"]
+    subscription = resources(TERRAFORM, "google_pubsub_subscription_iam_member")["worker"]
     assert subscription["subscription"] == "${module.pubsub.subscription_name}"
     assert set(re.findall(r"roles/[\w.]+", subscription["for_each"])) == {
         "roles/pubsub.subscriber",
         "roles/pubsub.viewer",
     }
-    datasets = _resources(TERRAFORM, "google_bigquery_dataset_iam_member")["worker"]
+    datasets = resources(TERRAFORM, "google_bigquery_dataset_iam_member")["worker"]
     assert datasets["role"] == "roles/bigquery.dataEditor"
-    bucket = _resources(TERRAFORM, "google_storage_bucket_iam_member")["worker"]
+    bucket = resources(TERRAFORM, "google_storage_bucket_iam_member")["worker"]
     assert bucket["role"] == "roles/storage.objectAdmin"
     assert bucket["bucket"] == "${google_storage_bucket.dataflow.name}"
-    registry = _resources(TERRAFORM, "google_artifact_registry_repository_iam_member")["worker"]
+    registry = resources(TERRAFORM, "google_artifact_registry_repository_iam_member")["worker"]
     assert registry["role"] == "roles/artifactregistry.reader"
     # No authoritative bindings or policies, and no broad role anywhere.
     text = "\n".join(path.read_text(encoding="utf-8") for path in TERRAFORM.rglob("*.tf"))
@@ -367,11 +323,11 @@ def test_worker_roles_are_least_privilege() -> None:
 
 
 def test_alerts_watch_the_counter_the_sinks_increment_and_the_backlog() -> None:
-    policies = _resources(TERRAFORM, "google_monitoring_alert_policy")
+    policies = resources(TERRAFORM, "google_monitoring_alert_policy")
     assert set(policies) == {"dead_letters_growing", "subscription_backlog_age", "job_failed"}
     (condition,) = policies["dead_letters_growing"]["conditions"]
     (promql,) = condition["condition_prometheus_query_language"]
-    query = _unescape(promql["query"])
+    query = unescape(promql["query"])
     assert "dataflow_googleapis_com:job_user_counter" in query
     assert f'metric_name="{metrics.DEAD_LETTERS_INSERTED}"' in query
     (condition,) = policies["subscription_backlog_age"]["conditions"]
@@ -395,7 +351,7 @@ def _expand(value: str, variables: dict[str, str]) -> str:
 
 
 def test_make_env_output_sets_variables_make_reads() -> None:
-    value = _named(TERRAFORM, "output")["make_env"]["value"]
+    value = named(TERRAFORM, "output")["make_env"]["value"]
     keys = re.findall(r"^(\w+) := ", value, re.MULTILINE)
     assert keys and set(keys) <= set(_make_defaults())
     assert {"PROJECT", "REGION", "BUCKET", "SERVICE_ACCOUNT", "SUBSCRIPTION", "DATASET"} <= set(
@@ -404,7 +360,7 @@ def test_make_env_output_sets_variables_make_reads() -> None:
 
 
 def test_make_defaults_name_what_terraform_creates_by_default() -> None:
-    variables = _named(TERRAFORM, "variable")
+    variables = named(TERRAFORM, "variable")
     make = _make_defaults()
     prefix = variables["name_prefix"]["default"]
     assert make["NAME_PREFIX"] == prefix
@@ -417,17 +373,17 @@ def test_make_defaults_name_what_terraform_creates_by_default() -> None:
             "${var.project_id}", "my-project"
         )
 
-    pubsub = _named(TERRAFORM, "module")["pubsub"]
+    pubsub = named(TERRAFORM, "module")["pubsub"]
     assert _expand(make["SUBSCRIPTION"], values) == (
         "projects/my-project/subscriptions/" + terraform(pubsub["subscription_name"])
     )
     assert _expand(make["BUCKET"], values) == terraform("${var.project_id}-${var.name_prefix}")
-    assert "${var.project_id}-${var.name_prefix}" in _locals(TERRAFORM)["bucket_name"]
-    account = _resources(TERRAFORM, "google_service_account")["worker"]["account_id"]
+    assert "${var.project_id}-${var.name_prefix}" in terraform_locals(TERRAFORM)["bucket_name"]
+    account = resources(TERRAFORM, "google_service_account")["worker"]["account_id"]
     assert _expand(make["SERVICE_ACCOUNT"], values) == (
         terraform(account) + "@my-project.iam.gserviceaccount.com"
     )
-    repository = _resources(TERRAFORM, "google_artifact_registry_repository")["images"]
+    repository = resources(TERRAFORM, "google_artifact_registry_repository")["images"]
     assert _expand(make["AR_REPOSITORY"], values) == terraform(repository["repository_id"])
     assert _expand(make["JOB_NAME"], values) == f"{prefix}-streaming"
     assert '"${var.name_prefix}-streaming"' in _job()["name"].replace("\\", "")

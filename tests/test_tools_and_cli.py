@@ -163,6 +163,14 @@ def test_bad_input_does_not_fail_the_run(tmp_path: Path) -> None:
             ],
             "--bigquery_staging_dataset must be PROJECT.DATASET",
         ),
+        (
+            ["--input_files=x", "--bigquery_location=EU", "--bigquery_create_datasets"],
+            "--bigquery_location, --bigquery_create_datasets applies only to --warehouse=bigquery",
+        ),
+        (
+            ["--input_files=x", "--warehouse=bigquery:my-project.l", "--bigquery_location=e u"],
+            "--bigquery_location must be a BigQuery location",
+        ),
     ],
 )
 def test_invalid_options_fail_fast(args: list[str], message: str) -> None:

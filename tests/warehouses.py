@@ -21,6 +21,8 @@ from google.cloud import bigquery
 from pipeline.sinks.bigquery import BigQueryWarehouse
 from pipeline.sinks.duckdb import DuckDBWarehouse
 from pipeline.sinks.warehouse import WarehouseFactory
+from tests.bigquery_emulator import DEFAULT_PROJECT
+from tests.production_bigquery import ProductionBigQuery, provision
 
 WAREHOUSES = ("duckdb", "bigquery")
 
@@ -41,12 +43,14 @@ class EmulatorClient:
 
 @dataclass(frozen=True)
 class EmulatorWarehouse:
-    """One pipeline run's warehouse factory: every instance it makes shares its run id."""
+    """One pipeline run's warehouse factory: every instance it makes shares its run id.
+    ``endpoint`` is the production-rules proxy's (tests/production_bigquery/)."""
 
     endpoint: str
     project: str
     dataset: str
     run_id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:12])
+    location: str | None = None  # --bigquery_location; None: the datasets' own
 
     def __call__(self) -> BigQueryWarehouse:
         return BigQueryWarehouse(
@@ -54,6 +58,7 @@ class EmulatorWarehouse:
             self.dataset,
             client_factory=EmulatorClient(self.endpoint),
             run_id=self.run_id,
+            location=self.location,
         )
 
 
@@ -68,9 +73,20 @@ def duckdb_factory(path: str) -> WarehouseFactory:
     return functools.partial(DuckDBWarehouse, path)
 
 
-def fresh_bigquery(endpoint: str, project: str) -> EmulatorWarehouse:
-    """A factory of a warehouse in a dataset no other test uses."""
-    return EmulatorWarehouse(endpoint, project, f"test_{uuid.uuid4().hex[:12]}")
+def fresh_bigquery(
+    bigquery_rules: ProductionBigQuery, project: str = DEFAULT_PROJECT, tables: bool = True
+) -> EmulatorWarehouse:
+    """A factory of a warehouse in datasets no other test uses, set up as Terraform sets them up
+    (in a region, with the tables unless ``tables`` is False, and the worker's grants on them)
+    and reached through the production rules."""
+    dataset = f"test_{uuid.uuid4().hex[:12]}"
+    admin = bigquery_rules.admin_client(project)
+    try:
+        provisioned = provision(admin, project, dataset, tables=tables)
+    finally:
+        admin.close()
+    bigquery_rules.grant_worker(project, provisioned.dataset, provisioned.staging_dataset)
+    return EmulatorWarehouse(bigquery_rules.endpoint, project, dataset)
 
 
 @dataclass(frozen=True)
@@ -86,16 +102,16 @@ class CommandLineWarehouse:
 def command_line_warehouse(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> CommandLineWarehouse:
-    """A fresh warehouse of ``kind``: a DuckDB file, or a dataset on the session's local
-    BigQuery, reached through ``BIGQUERY_EMULATOR_HOST`` (see bigquery.default_client)."""
+    """A fresh warehouse of ``kind``: a DuckDB file, or datasets on the session's local BigQuery,
+    reached through the production rules with ``BIGQUERY_EMULATOR_HOST`` (see
+    bigquery.default_client)."""
     if kind == "duckdb":
         database = str(tmp_path / "warehouse.duckdb")
         factory = duckdb_factory(database)
         return CommandLineWarehouse(f"duckdb:{database}", dict(os.environ), factory)
-    emulator = request.getfixturevalue("bq_emulator")
-    factory = fresh_bigquery(emulator.endpoint, emulator.project)
+    factory = fresh_bigquery(request.getfixturevalue("production_bigquery"))
     return CommandLineWarehouse(
         f"bigquery:{factory.project}.{factory.dataset}",
-        {**os.environ, "BIGQUERY_EMULATOR_HOST": emulator.endpoint},
+        {**os.environ, "BIGQUERY_EMULATOR_HOST": factory.endpoint},
         factory,
     )

@@ -35,12 +35,18 @@ parameters; project, dataset and table names are validated.
 BigQuery has no multi-statement transaction that the local emulator supports around MERGE, so
 atomicity comes from idempotence instead: every step can run again and converges on the same
 tables (``transactions`` and totals are functions of the ledger).
+
+Production rules the local emulator does not enforce, and the tests do through
+tests/production_bigquery/ (docs/BIGQUERY.md): the worker holds only the roles of
+terraform/iam.tf, so datasets are looked up, never created unless asked; every job call carries
+the datasets' location; a request never exceeds 10 MB; one process keeps at most
+``max_concurrent_batches`` batches in a table's DML queue; every API call has a timeout.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import functools
 import hashlib
 import json
 import os
@@ -51,6 +57,7 @@ from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
+import requests
 from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
@@ -67,7 +74,7 @@ from pipeline.events import (
     format_timestamp,
 )
 from pipeline.sinks import ledger_rules
-from pipeline.sinks.warehouse import MergeOutcome, Warehouse
+from pipeline.sinks.warehouse import MergeOutcome, Warehouse, WarehouseSetupError
 from pipeline.tables import (
     ACCOUNT_WINDOW_TOTALS,
     ALL_TABLES,
@@ -121,8 +128,12 @@ def _is_transient(error: BaseException) -> bool:
         | api_exceptions.TooManyRequests
         | api_exceptions.GatewayTimeout
         | api_exceptions.DeadlineExceeded
+        | api_exceptions.RetryError  # the client's own retries of a 5xx or timeout ran out
         | ConnectionError
-        | TimeoutError,
+        | TimeoutError
+        | requests.exceptions.ConnectionError
+        | requests.exceptions.Timeout
+        | requests.exceptions.ChunkedEncodingError,
     ):
         return True
     return any(text in str(error).lower() for text in _TRANSIENT_MESSAGES)
@@ -167,20 +178,62 @@ def exact_total(parts: Sequence[int], nanos: int) -> Decimal | None:
     return total if total.copy_abs() < NUMERIC_LIMIT else None
 
 
-def default_client(project: str, location: str | None = None) -> bigquery.Client:
+def default_client(project: str) -> bigquery.Client:
     """The client a run uses. Like Google's clients with ``PUBSUB_EMULATOR_HOST``,
     google-cloud-bigquery sends requests to ``BIGQUERY_EMULATOR_HOST`` when it is set (a URL,
     e.g. http://127.0.0.1:9050); an emulator takes no credentials, so none are looked up then.
     That is how a local run, or a test of the command line, reaches a local BigQuery."""
     if os.environ.get("BIGQUERY_EMULATOR_HOST"):
-        return bigquery.Client(
-            project=project, location=location, credentials=AnonymousCredentials()
-        )
-    return bigquery.Client(project=project, location=location)
+        return bigquery.Client(project=project, credentials=AnonymousCredentials())
+    return bigquery.Client(project=project)
+
+
+class BigQuerySetupError(WarehouseSetupError):
+    """The datasets or tables are not as the pipeline needs them."""
+
+
+class RequestTooLarge(BigQueryBatchError):
+    """A request would exceed BigQuery's size limit; the batch is merged in smaller parts."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"a BigQuery request of {size} bytes exceeds {limit}", transient=False)
+
+
+# BigQuery refuses an API request over 10 MB, parameters included
+# (https://cloud.google.com/bigquery/quotas#api_request_quotas). A query's request is measured
+# before it is sent, with room left for what the estimate does not count (headers, the job
+# reference), and a batch whose request would not fit is merged in halves instead.
+MAX_REQUEST_BYTES = 10 * 1024 * 1024
+REQUEST_BUDGET_BYTES = MAX_REQUEST_BYTES * 9 // 10
+# Per HTTP request, not per job: a call that gets no answer is abandoned after this and retried
+# (the client's retry re-sends it; a job insert then meets 409 and re-attaches). Without it the
+# client waits forever on a connection that lost its reply.
+REQUEST_TIMEOUT_SECONDS = 60.0
+
+# One limiter per worker process and warehouse dataset, shared by every DoFn instance of the
+# process (Dataflow runs many in one process: threads, and a DoFn instance per thread): BigQuery
+# runs 2 mutating DML statements per table and queues 20, and a batch runs its statements one
+# after another, so this bounds what one process puts in that queue.
+_BATCH_SLOTS: dict[tuple[str, str, int], threading.BoundedSemaphore] = {}
+_BATCH_SLOTS_LOCK = threading.Lock()
+
+
+def batch_slots(project: str, dataset: str, size: int) -> threading.BoundedSemaphore:
+    """The process's limiter of concurrent batches into ``project.dataset``."""
+    with _BATCH_SLOTS_LOCK:
+        return _BATCH_SLOTS.setdefault((project, dataset, size), threading.BoundedSemaphore(size))
 
 
 class BigQueryWarehouse(Warehouse):
-    """The tables in one BigQuery dataset, staged through another."""
+    """The tables in one BigQuery dataset, staged through another.
+
+    The worker needs only what terraform/iam.tf grants it (docs/BIGQUERY.md, "The rights"):
+    bigquery.jobUser on the project, to run jobs, and bigquery.dataEditor on the two datasets, to
+    read and write their tables. It looks the datasets up and never creates one unless
+    ``create_datasets`` (a local run; creating a dataset needs bigquery.datasets.create on the
+    project); tables are created when absent. Every job is created and looked up in the datasets'
+    location: outside the US and EU multi-regions BigQuery finds a job only there.
+    """
 
     def __init__(
         self,
@@ -190,30 +243,34 @@ class BigQueryWarehouse(Warehouse):
         *,
         client_factory: Callable[[str], bigquery.Client] | None = None,
         location: str | None = None,
+        create_datasets: bool = False,
         max_concurrent_batches: int = 2,
         run_id: str | None = None,
+        request_timeout_seconds: float = REQUEST_TIMEOUT_SECONDS,
+        max_request_bytes: int = REQUEST_BUDGET_BYTES,
     ) -> None:
         """``client_factory(project)`` is the client seam: tests pass one that builds a client of
-        the local emulator, or wraps the real client to inject faults. ``run_id`` scopes job ids
-        to one launched pipeline (pass the same id to every worker's instance)."""
+        the local emulator, or wraps the real client to inject faults. ``location``: where the
+        datasets must be (None: wherever they are). ``run_id`` scopes job ids to one launched
+        pipeline (pass the same id to every worker's instance)."""
         parse_dataset(f"{project}.{dataset}")
         self.project = project
         self.dataset = dataset
         staging_project, staging = parse_dataset(staging_dataset or f"{project}.{dataset}_staging")
         self.staging_project = staging_project
         self.staging_dataset = staging
-        self.location = location
+        self.expected_location = location
+        self._location: str | None = None
+        self.create_datasets = create_datasets
         if max_concurrent_batches < 1:
             raise ValueError("max_concurrent_batches must be at least 1")
-        # BigQuery runs at most 2 mutating DML statements per table at a time and queues 20; each
-        # batch runs its MERGEs one after another, so this bounds the MERGEs in flight per table.
-        self._slots = threading.BoundedSemaphore(max_concurrent_batches)
-        self._client_factory = client_factory or functools.partial(
-            default_client, location=location
-        )
+        self._slots = batch_slots(project, dataset, max_concurrent_batches)
+        self._client_factory = client_factory or default_client
         self.run_id = run_id or uuid.uuid4().hex[:12]
         if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", self.run_id):
             raise ValueError(f"run_id must be letters, digits or _, got {run_id!r}")
+        self._timeout = request_timeout_seconds
+        self._max_request_bytes = max_request_bytes
         self._client: bigquery.Client | None = None
 
     # --- plumbing -----------------------------------------------------------------------------
@@ -223,6 +280,13 @@ class BigQueryWarehouse(Warehouse):
         if self._client is None:
             self._client = self._client_factory(self.project)
         return self._client
+
+    @property
+    def location(self) -> str:
+        """The datasets' location, which every job call carries."""
+        if self._location is None:
+            self._location = self._dataset(self.project, self.dataset).location
+        return self._location
 
     def close(self) -> None:
         if self._client is not None:
@@ -260,18 +324,28 @@ class BigQueryWarehouse(Warehouse):
             try:
                 job = start(attempt_id)
             except api_exceptions.Conflict:
-                job = self.client.get_job(attempt_id, location=self.location)
+                job = self._get_job(attempt_id, just_created=True)
                 if job.error_result:
                     attempt += 1
                     continue
             return self._wait(job)
+
+    def _get_job(self, job_id: str, just_created: bool = False) -> Any:
+        try:
+            return self.client.get_job(job_id, location=self.location, timeout=self._timeout)
+        except api_exceptions.NotFound as error:
+            if not just_created:
+                raise
+            # BigQuery said the id exists (409); a job is not always visible at once after
+            # that (googleapis/python-bigquery#2134): look again on the next try.
+            raise BigQueryBatchError(f"job {job_id} exists but is not visible yet", True) from error
 
     def _earlier_job(self, job_id: str) -> Any | None:
         """The successful job a previous attempt of this batch ran under ``job_id``, if any."""
         attempt = 0
         while True:
             try:
-                job = self.client.get_job(f"{job_id}_{attempt}", location=self.location)
+                job = self._get_job(f"{job_id}_{attempt}")
             except api_exceptions.NotFound:
                 return None
             if not job.error_result:
@@ -294,10 +368,15 @@ class BigQueryWarehouse(Warehouse):
         params: Sequence[bigquery.ScalarQueryParameter | bigquery.ArrayQueryParameter],
         job_id: str | None = None,
     ) -> bigquery.job.QueryJob:
-        config = bigquery.QueryJobConfig(query_parameters=list(params))
+        config = self._check_size(sql, params)
         return self._run_job(
             lambda attempt_id: self.client.query(
-                sql, job_config=config, job_id=attempt_id, job_retry=None, location=self.location
+                sql,
+                job_config=config,
+                job_id=attempt_id,
+                job_retry=None,
+                location=self.location,
+                timeout=self._timeout,
             ),
             job_id,
         )
@@ -310,36 +389,130 @@ class BigQueryWarehouse(Warehouse):
             source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
         )
         destination = f"{self.staging_project}.{self.staging_dataset}.{table}"
+        # Over 5 MB the client switches to a resumable upload, whose chunks the request limit
+        # does not apply to; below it a multipart request stays under the limit.
         self._run_job(
             lambda attempt_id: self.client.load_table_from_json(
-                rows, destination, job_config=config, job_id=attempt_id, location=self.location
+                rows,
+                destination,
+                job_config=config,
+                job_id=attempt_id,
+                location=self.location,
+                timeout=self._timeout,
             ),
             job_id,
         )
 
-    # --- tables -------------------------------------------------------------------------------
+    def _drop_stage(self, name: str) -> None:
+        self.client.delete_table(
+            f"{self.staging_project}.{self.staging_dataset}.{name}",
+            not_found_ok=True,
+            timeout=self._timeout,
+        )
+
+    # --- datasets and tables ------------------------------------------------------------------
 
     def create_tables(self) -> None:
-        dataset = bigquery.Dataset(f"{self.project}.{self.dataset}")
-        dataset.location = self.location
-        self.client.create_dataset(dataset, exists_ok=True)
-        staging = bigquery.Dataset(f"{self.staging_project}.{self.staging_dataset}")
-        staging.location = self.location
-        staging.default_table_expiration_ms = int(STAGING_TABLE_EXPIRATION.total_seconds() * 1000)
-        self.client.create_dataset(staging, exists_ok=True)
-        for spec in ALL_TABLES:
-            table = bigquery.Table(
-                f"{self.project}.{self.dataset}.{spec.name}",
-                schema=[bigquery.SchemaField.from_api_repr(f) for f in bigquery_schema(spec)],
+        """Check the datasets (creating them only when ``create_datasets``), check that they are
+        in one location (and in the expected one), and create the tables that are absent."""
+        warehouse = self._dataset(self.project, self.dataset)
+        staging = self._dataset(self.staging_project, self.staging_dataset, staging=True)
+        if (warehouse.location or "").lower() != (staging.location or "").lower():
+            raise BigQuerySetupError(
+                f"BigQuery datasets {self.project}.{self.dataset} ({warehouse.location}) and"
+                f" {self.staging_project}.{self.staging_dataset} ({staging.location}) are in"
+                " different locations; a job reads and writes in one location: put both in one"
+                " (terraform/ does)"
             )
-            table.description = spec.description
-            if spec.partitioned:
-                table.time_partitioning = bigquery.TimePartitioning(
-                    type_=bigquery.TimePartitioningType.DAY, field=spec.time_column
+        self._location = warehouse.location
+        for spec in ALL_TABLES:
+            self._table(spec)
+
+    def _dataset(self, project: str, dataset: str, staging: bool = False) -> bigquery.Dataset:
+        name = f"{project}.{dataset}"
+        try:
+            found = self.client.get_dataset(name, timeout=self._timeout)
+        except api_exceptions.NotFound:
+            found = self._create_dataset(project, dataset, staging)
+        except api_exceptions.Forbidden as error:
+            raise BigQuerySetupError(
+                f"the pipeline may not read BigQuery dataset {name}, or it does not exist: its"
+                " service account needs roles/bigquery.dataEditor on the dataset (terraform/iam.tf"
+                f" grants it on the datasets Terraform creates). BigQuery said: {error.message}"
+            ) from error
+        expected = self.expected_location
+        if expected and (found.location or "").lower() != expected.lower():
+            raise BigQuerySetupError(
+                f"BigQuery dataset {name} is in {found.location}, not in --bigquery_location"
+                f"={expected}: pass the dataset's location, or point --warehouse at a dataset"
+                f" in {expected}"
+            )
+        return found
+
+    def _create_dataset(self, project: str, dataset: str, staging: bool) -> bigquery.Dataset:
+        name = f"{project}.{dataset}"
+        if not self.create_datasets:
+            raise BigQuerySetupError(
+                f"BigQuery dataset {name} does not exist. Create it with Terraform (terraform/,"
+                " docs/DEPLOY.md), or pass --bigquery_create_datasets to let this run create it"
+                f" (that needs bigquery.datasets.create on project {project}, which the worker"
+                " service account of terraform/iam.tf does not have)"
+            )
+        created = bigquery.Dataset(name)
+        created.location = self.expected_location
+        if staging:
+            created.default_table_expiration_ms = int(
+                STAGING_TABLE_EXPIRATION.total_seconds() * 1000
+            )
+        try:
+            return self.client.create_dataset(created, exists_ok=True, timeout=self._timeout)
+        except api_exceptions.Forbidden as error:
+            raise BigQuerySetupError(
+                f"--bigquery_create_datasets: may not create BigQuery dataset {name}: that needs"
+                f" bigquery.datasets.create on project {project} (roles/bigquery.user, for"
+                f" example). BigQuery said: {error.message}"
+            ) from error
+
+    def _table(self, spec: Table) -> None:
+        name = f"{self.project}.{self.dataset}.{spec.name}"
+        try:
+            found = self.client.get_table(name, timeout=self._timeout)
+        except api_exceptions.NotFound:
+            found = None
+        except api_exceptions.Forbidden as error:
+            raise BigQuerySetupError(
+                f"the pipeline may not read table {name}: grant its service account"
+                f" roles/bigquery.dataEditor on {self.project}.{self.dataset}. BigQuery said:"
+                f" {error.message}"
+            ) from error
+        if found is not None:
+            missing = [c for c in spec.column_names if c not in {f.name for f in found.schema}]
+            if missing:
+                raise BigQuerySetupError(
+                    f"table {name} lacks columns {', '.join(missing)} of this version's schema"
+                    " (terraform/schemas/): add them (terraform apply, or ALTER TABLE ... ADD"
+                    " COLUMN) before running this version"
                 )
-            if spec.clustering:
-                table.clustering_fields = list(spec.clustering)
-            self.client.create_table(table, exists_ok=True)
+            return
+        table = bigquery.Table(
+            name, schema=[bigquery.SchemaField.from_api_repr(f) for f in bigquery_schema(spec)]
+        )
+        table.description = spec.description
+        if spec.partitioned:
+            table.time_partitioning = bigquery.TimePartitioning(
+                type_=bigquery.TimePartitioningType.DAY, field=spec.time_column
+            )
+        if spec.clustering:
+            table.clustering_fields = list(spec.clustering)
+        try:
+            self.client.create_table(table, exists_ok=True, timeout=self._timeout)
+        except api_exceptions.Forbidden as error:
+            raise BigQuerySetupError(
+                f"may not create table {name}: grant the pipeline's service account"
+                f" roles/bigquery.dataEditor on {self.project}.{self.dataset} (it holds"
+                f" bigquery.tables.create), or create the tables with Terraform. BigQuery said:"
+                f" {error.message}"
+            ) from error
 
     # --- events -------------------------------------------------------------------------------
 
@@ -348,10 +521,28 @@ class BigQueryWarehouse(Warehouse):
         if not prepared.candidates:
             return MergeOutcome()
         with self._slots:
-            return self._merge_events(prepared)
+            outcome = self._merge_in_parts(prepared.candidates)
+        return dataclasses.replace(outcome, duplicates=outcome.duplicates + prepared.copies_removed)
 
-    def _merge_events(self, prepared: ledger_rules.PreparedBatch) -> MergeOutcome:
-        candidates = prepared.candidates
+    def _merge_in_parts(self, candidates: Sequence[LedgerCandidate]) -> MergeOutcome:
+        """Merge the batch; when one of its requests would be too large, merge each half of its
+        event_ids instead (every version of an id stays in one part, so the rules judge it as
+        one batch would)."""
+        try:
+            return self._merge_events(candidates)
+        except RequestTooLarge:
+            ids = sorted({c.event.event_id for c in candidates})
+            if len(ids) < 2:
+                raise
+            first = set(ids[: len(ids) // 2])
+            parts = (
+                [c for c in candidates if c.event.event_id in first],
+                [c for c in candidates if c.event.event_id not in first],
+            )
+            return _sum_outcomes(self._merge_in_parts(part) for part in parts)
+
+    def _merge_events(self, candidates: Sequence[LedgerCandidate]) -> MergeOutcome:
+        self._check_request_sizes(candidates)
         digest = batch_digest(candidates, scope=self._job_scope())
         job = f"eo_{self.run_id}_{digest}"
         stage = f"stage_events_{digest}"
@@ -385,12 +576,10 @@ class BigQueryWarehouse(Warehouse):
         )
         transactions = self._merge_transactions(candidates, held, repaired, f"{job}_tx")
         windows = self._merge_totals(candidates, repaired.windows, f"{job}_totals")
-        self.client.delete_table(
-            f"{self.staging_project}.{self.staging_dataset}.{stage}", not_found_ok=True
-        )
+        self._drop_stage(stage)
         return MergeOutcome(
             inserted=inserted,
-            duplicates=judgement.landed - inserted + prepared.copies_removed,
+            duplicates=judgement.landed - inserted,
             conflicts=len(judgement.conflicts),
             transactions_upserted=transactions,
             windows_upserted=windows,
@@ -575,32 +764,50 @@ class BigQueryWarehouse(Warehouse):
                 _ts("whi", max(w[3] for w in keys)),
             ],
         ).result()
-        totals = []
-        for row in sums:
-            total = exact_total((row["high"], row["middle"], row["low"]), row["nanos"])
-            totals.append(
-                bigquery.StructQueryParameter(
-                    None,
-                    _scalar("account_id", "STRING", row["account_id"]),
-                    _scalar("currency", "STRING", row["currency"]),
-                    _ts("window_start", row["window_start"]),
-                    _ts("window_end", row["window_end"]),
-                    _scalar("event_count", "INT64", row["event_count"]),
-                    _scalar("total_amount", "NUMERIC", total),
-                    _scalar("total_overflow", "BOOL", total is None),
-                )
+        totals = [
+            _total_param(
+                (row["account_id"], row["currency"], row["window_start"], row["window_end"]),
+                row["event_count"],
+                exact_total((row["high"], row["middle"], row["low"]), row["nanos"]),
             )
-        merged = self._query(
-            self.totals_merge_sql(),
-            [
-                bigquery.ArrayQueryParameter("totals", "STRUCT", totals),
-                _ts("wlo", min(w[2] for w in keys)),
-                _ts("whi", max(w[3] for w in keys)),
-                _ts("now", dt.datetime.now(dt.UTC)),
-            ],
-            job_id=job,
-        )
+            for row in sums
+        ]
+        merged = self._query(self.totals_merge_sql(), self._totals_params(totals, keys), job)
         return int(merged.num_dml_affected_rows or 0)
+
+    def _totals_params(
+        self,
+        totals: list[bigquery.StructQueryParameter],
+        keys: Sequence[tuple[str, str, dt.datetime, dt.datetime]],
+    ) -> list[bigquery.ArrayQueryParameter | bigquery.ScalarQueryParameter]:
+        return [
+            bigquery.ArrayQueryParameter("totals", "STRUCT", totals),
+            _ts("wlo", min(w[2] for w in keys)),
+            _ts("whi", max(w[3] for w in keys)),
+            _ts("now", dt.datetime.now(dt.UTC)),
+        ]
+
+    def _check_request_sizes(self, candidates: Sequence[LedgerCandidate]) -> None:
+        """Raise :class:`RequestTooLarge` before anything runs when the batch's largest
+        requests would not fit: the lookup of its ids and the totals of its windows (measured
+        with the widest count and amount, so the real request is no larger)."""
+        ids = sorted({c.event.event_id for c in candidates})
+        self._check_size(self.versions_sql(), [_array("ids", "STRING", ids)])
+        keys = sorted({(c.event.account_id, c.event.currency, c.window_start, c.window_end)
+                       for c in candidates})  # fmt: skip
+        widest = [_total_param(key, _WIDEST_COUNT, _WIDEST_AMOUNT) for key in keys]
+        self._check_size(self.totals_merge_sql(), self._totals_params(widest, keys))
+
+    def _check_size(
+        self,
+        sql: str,
+        params: Sequence[bigquery.ScalarQueryParameter | bigquery.ArrayQueryParameter],
+    ) -> bigquery.QueryJobConfig:
+        config = bigquery.QueryJobConfig(query_parameters=list(params))
+        size = _request_bytes(sql, config)
+        if size > self._max_request_bytes:
+            raise RequestTooLarge(size, self._max_request_bytes)
+        return config
 
     def window_sums_sql(self) -> str:
         # The sum of NUMERIC(38, 9) amounts may not fit NUMERIC and BigQuery's SUM would then fail
@@ -694,9 +901,7 @@ class BigQueryWarehouse(Warehouse):
             [_ts("lo", min(arrivals)), _ts("hi", max(arrivals))],
             job_id=f"{job}_merge",
         )
-        self.client.delete_table(
-            f"{self.staging_project}.{self.staging_dataset}.{stage}", not_found_ok=True
-        )
+        self._drop_stage(stage)
         return int(merged.num_dml_affected_rows or 0)
 
     def dead_letters_merge_sql(self, stage: str) -> str:
@@ -748,6 +953,49 @@ class BigQueryWarehouse(Warehouse):
             f"SELECT * FROM {self.table_ref(spec)} ORDER BY {', '.join(spec.key)}", []
         ).result()
         return [_normalise(spec, dict(row.items())) for row in rows]
+
+
+_WIDEST_COUNT = 2**63 - 1
+_WIDEST_AMOUNT = -(NUMERIC_LIMIT - Decimal(1).scaleb(-AMOUNT_SCALE))
+
+
+def _total_param(
+    key: tuple[str, str, dt.datetime, dt.datetime], count: int, total: Decimal | None
+) -> bigquery.StructQueryParameter:
+    account_id, currency, start, end = key
+    return bigquery.StructQueryParameter(
+        None,
+        _scalar("account_id", "STRING", account_id),
+        _scalar("currency", "STRING", currency),
+        _ts("window_start", start),
+        _ts("window_end", end),
+        _scalar("event_count", "INT64", count),
+        _scalar("total_amount", "NUMERIC", total),
+        _scalar("total_overflow", "BOOL", total is None),
+    )
+
+
+def _request_bytes(sql: str, config: bigquery.QueryJobConfig) -> int:
+    """The size of the jobs.insert body the client will send for this query (its JSON, as
+    google-cloud-bigquery serialises it; the job reference is left to the budget's margin)."""
+    configuration = config.to_api_repr()
+    configuration.setdefault("query", {})["query"] = sql
+    return len(json.dumps({"configuration": configuration}).encode("utf-8"))
+
+
+def _sum_outcomes(outcomes: Iterable[MergeOutcome]) -> MergeOutcome:
+    total = MergeOutcome()
+    for part in outcomes:
+        total = MergeOutcome(
+            inserted=total.inserted + part.inserted,
+            duplicates=total.duplicates + part.duplicates,
+            conflicts=total.conflicts + part.conflicts,
+            transactions_upserted=total.transactions_upserted + part.transactions_upserted,
+            windows_upserted=total.windows_upserted + part.windows_upserted,
+            dead_letters_inserted=total.dead_letters_inserted + part.dead_letters_inserted,
+            used_fallback=total.used_fallback or part.used_fallback,
+        )
+    return total
 
 
 class _Repair:

@@ -36,6 +36,11 @@ class MergeOutcome:
     used_fallback: bool = False  # the time-restricted MERGE could not be used for this batch
 
 
+class WarehouseSetupError(RuntimeError):
+    """The warehouse is not as the pipeline needs it (a dataset missing, a right not granted);
+    the message says what to do. Permanent: retrying cannot help until someone acts."""
+
+
 class Warehouse(abc.ABC):
     """A place the four tables live in, written only through idempotent MERGEs."""
 
@@ -90,8 +95,17 @@ def parse_warehouse_url(url: str) -> tuple[str, str]:
     return kind, location
 
 
+@dataclass(frozen=True)
+class BigQuerySettings:
+    """How a BigQuery warehouse is reached beyond its URL (the ``--bigquery_*`` options)."""
+
+    staging_dataset: str | None = None  # PROJECT.DATASET; default: the dataset's name + _staging
+    location: str | None = None  # where the datasets must be; None: wherever they are
+    create_datasets: bool = False  # create missing datasets (a local run; not the worker's right)
+
+
 def open_warehouse(
-    url: str, bigquery_staging_dataset: str | None = None, run_id: str | None = None
+    url: str, bigquery: BigQuerySettings | None = None, run_id: str | None = None
 ) -> Warehouse:
     kind, location = parse_warehouse_url(url)
     # Imported here so a run needs only the client of the warehouse it uses.
@@ -102,15 +116,21 @@ def open_warehouse(
     from pipeline.sinks.bigquery import BigQueryWarehouse, parse_dataset  # noqa: PLC0415
 
     project, dataset = parse_dataset(location)
-    return BigQueryWarehouse(project, dataset, bigquery_staging_dataset, run_id=run_id)
+    settings = bigquery or BigQuerySettings()
+    return BigQueryWarehouse(
+        project,
+        dataset,
+        settings.staging_dataset,
+        location=settings.location,
+        create_datasets=settings.create_datasets,
+        run_id=run_id,
+    )
 
 
 def warehouse_factory(
-    url: str, bigquery_staging_dataset: str | None = None, run_id: str | None = None
+    url: str, bigquery: BigQuerySettings | None = None, run_id: str | None = None
 ) -> WarehouseFactory:
     """A picklable factory for the workers. ``run_id`` identifies one launched pipeline: every
     worker's warehouse gets the same one (BigQuery scopes its job ids by it)."""
     parse_warehouse_url(url)  # fail at construction time, not on the workers
-    return functools.partial(
-        open_warehouse, url, bigquery_staging_dataset, run_id or uuid.uuid4().hex[:12]
-    )
+    return functools.partial(open_warehouse, url, bigquery, run_id or uuid.uuid4().hex[:12])

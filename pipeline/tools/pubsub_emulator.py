@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -21,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 DEFAULT_PROJECT = "local-project"
 
@@ -29,7 +31,24 @@ class EmulatorUnavailable(RuntimeError):
     pass
 
 
+_EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_SERVICE_PORT = 20_000
+
+
 def free_port() -> int:
+    """A free port for a local service (an emulator, a test database) that another process
+    starts after this returns. Taken below the kernel's ephemeral range where the machine says
+    what it is: the kernel hands ephemeral ports to every outgoing connection and every bind to
+    port 0 (the test proxies), so a port picked from that range can be taken by one of them
+    before the service binds it, and the readiness check then finds the wrong server."""
+    ephemeral_low = 0
+    with contextlib.suppress(OSError, ValueError):
+        ephemeral_low = int(_EPHEMERAL_PORTS.read_text().split()[0])
+    for _ in range(100 if ephemeral_low > _LOWEST_SERVICE_PORT + 1000 else 0):
+        port = random.randrange(_LOWEST_SERVICE_PORT, ephemeral_low)
+        with socket.socket() as sock, contextlib.suppress(OSError):
+            sock.bind(("127.0.0.1", port))
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -106,6 +106,12 @@ PARAMETERS: dict[str, ParameterSpec] = {
         examples=("my-project.effectively_once_staging",),
         bad=("effectively_once_staging", "bigquery:my-project.staging", "my-project.stag-ing"),
     ),
+    "bigquery_location": ParameterSpec(
+        "BigQuery location",
+        regex=r"^[A-Za-z]+(-[a-z]+[0-9]*)*$",
+        examples=("europe-west1", "US", "EU", "us-east4"),
+        bad=("europe west1", "europe-west1/", "-US"),
+    ),
     "window_size_seconds": ParameterSpec(
         "Window size (seconds)",
         regex=r"^[1-9][0-9]{0,4}$",
@@ -183,6 +189,8 @@ NOT_PARAMETERS: dict[str, str] = {
     " durably, so no replay checkpoint is read there); also a bare flag, which a Flex Template"
     " cannot pass (it passes --name=value, which argparse refuses for a flag).",
     "replay_margin_seconds": "DirectRunner only: replay checkpoints are not written on Dataflow.",
+    "bigquery_create_datasets": "Local runs only: on Google Cloud Terraform creates the datasets,"
+    " and the worker service account may not (no bigquery.datasets.create); also a bare flag.",
 }
 
 

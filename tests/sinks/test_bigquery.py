@@ -6,7 +6,6 @@ restricts its target to the partitions of its batch."""
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,8 +18,9 @@ from pipeline.events import Event, LedgerCandidate
 from pipeline.sinks.bigquery import BigQueryWarehouse, parse_dataset
 from pipeline.tables import ALL_TABLES
 from pipeline.tools.reconcile import Report, check_invariants, fetch_tables, window_of
-from tests.bigquery_emulator import BigQueryEmulator
 from tests.faults import FaultPlan, FaultyBigQueryFactory, RecordingBigQueryClient
+from tests.production_bigquery import ProductionBigQuery
+from tests.warehouses import fresh_bigquery
 
 T0 = dt.datetime(2026, 1, 1, 0, 0, 10, tzinfo=dt.UTC)
 
@@ -33,13 +33,12 @@ def cand(event: Event, primary: bool = True) -> LedgerCandidate:
     return LedgerCandidate(event, primary, *window_of(event.event_time, 60))
 
 
-def _faulty(emulator: BigQueryEmulator, tmp_path: Path, **faults: int) -> BigQueryWarehouse:
+def _faulty(bigquery: ProductionBigQuery, tmp_path: Path, **faults: int) -> BigQueryWarehouse:
     plan = FaultPlan(str(tmp_path / "faults.json"))
     for name, times in faults.items():
         plan.arm(name.replace("__", ":"), times)
-    factory = FaultyBigQueryFactory(
-        emulator.endpoint, emulator.project, f"t_{uuid.uuid4().hex[:10]}", plan
-    )
+    target = fresh_bigquery(bigquery)
+    factory = FaultyBigQueryFactory(target.endpoint, target.project, target.dataset, plan)
     warehouse = factory()
     assert isinstance(warehouse, BigQueryWarehouse)
     warehouse.create_tables()
@@ -59,9 +58,9 @@ def _consistent(warehouse: BigQueryWarehouse) -> None:
 
 
 def test_a_lost_response_is_followed_by_re_attaching_not_running_again(
-    bq_emulator: BigQueryEmulator, tmp_path: Path
+    production_bigquery: ProductionBigQuery, tmp_path: Path
 ) -> None:
-    warehouse = _faulty(bq_emulator, tmp_path, lost_response__ledger=1)
+    warehouse = _faulty(production_bigquery, tmp_path, lost_response__ledger=1)
     batch = [cand(ev("e1")), cand(ev("e2", tid="t2"))]
     with pytest.raises(Exception, match="response was lost"):
         warehouse.merge_events(batch)
@@ -76,9 +75,9 @@ def test_a_lost_response_is_followed_by_re_attaching_not_running_again(
 
 
 def test_concurrent_update_errors_are_transient_and_retried(
-    bq_emulator: BigQueryEmulator, tmp_path: Path
+    production_bigquery: ProductionBigQuery, tmp_path: Path
 ) -> None:
-    warehouse = _faulty(bq_emulator, tmp_path, conflict__totals=1)
+    warehouse = _faulty(production_bigquery, tmp_path, conflict__totals=1)
     batch = [cand(ev("e1"))]
     with pytest.raises(Exception) as caught:
         warehouse.merge_events(batch)
@@ -89,9 +88,9 @@ def test_concurrent_update_errors_are_transient_and_retried(
 
 
 def test_a_concurrent_race_leaving_two_versions_is_repaired(
-    bq_emulator: BigQueryEmulator, tmp_path: Path
+    production_bigquery: ProductionBigQuery, tmp_path: Path
 ) -> None:
-    warehouse = _faulty(bq_emulator, tmp_path)
+    warehouse = _faulty(production_bigquery, tmp_path)
     warehouse.merge_events([cand(ev("e1", amount="10"))])
     # Another worker's batch inserts a second version of e1 two days later, having looked the id
     # up just before this one landed (the race the verification step exists for).
@@ -121,9 +120,9 @@ def test_a_concurrent_race_leaving_two_versions_is_repaired(
     _consistent(warehouse)
 
 
-def _statements(emulator: BigQueryEmulator, tmp_path: Path) -> list[str]:
+def _statements(bigquery: ProductionBigQuery, tmp_path: Path) -> list[str]:
     """Every SQL text one realistic sequence of batches sends to BigQuery."""
-    warehouse = _faulty(emulator, tmp_path)
+    warehouse = _faulty(bigquery, tmp_path)
     big = "99999999999999999999999999999.999999999"
     warehouse.merge_events([cand(ev("e1")), cand(ev("e2", tid="t2", amount=big)),
                             cand(ev("e3", tid="t2", amount=big))])  # fmt: skip
@@ -135,8 +134,8 @@ def _statements(emulator: BigQueryEmulator, tmp_path: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def statements(bq_emulator: BigQueryEmulator, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    return _statements(bq_emulator, tmp_path_factory.mktemp("sql"))
+def statements(production_bigquery: ProductionBigQuery, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    return _statements(production_bigquery, tmp_path_factory.mktemp("sql"))
 
 
 def test_every_statement_parses_as_bigquery_sql(statements: list[str]) -> None:

@@ -1,0 +1,227 @@
+"""The BigQuery warehouse under BigQuery's production rules (tests/production_bigquery/): it
+starts with only the roles terraform/iam.tf grants, carries the datasets' location on every job
+call, re-attaches after a lost reply, bounds the mutating DML one process puts in a table's
+queue, and keeps every request under the size limit. Each test failed on the warehouse as it was
+before these rules were enforced."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from pipeline.events import Event, LedgerCandidate
+from pipeline.sinks.bigquery import BigQuerySetupError, BigQueryWarehouse
+from pipeline.tables import ALL_TABLES
+from pipeline.tools.reconcile import Report, check_invariants, fetch_tables, window_of
+from tests.bigquery_emulator import DEFAULT_PROJECT, BigQueryEmulator
+from tests.helpers import event_line
+from tests.production_bigquery import (
+    TEST_LOCATION,
+    Grants,
+    Latency,
+    ProductionBigQuery,
+)
+from tests.warehouses import EmulatorClient, EmulatorWarehouse, fresh_bigquery
+
+P = DEFAULT_PROJECT
+T0 = dt.datetime(2026, 1, 1, 0, 0, 10, tzinfo=dt.UTC)
+
+
+def ev(event_id: str, at: dt.datetime = T0, account: str = "a1", tid: str = "t1") -> Event:
+    return Event(event_id, tid, account, Decimal("10"), "USD", "POSTED", at)
+
+
+def cand(event: Event) -> LedgerCandidate:
+    return LedgerCandidate(event, True, *window_of(event.event_time, 60))
+
+
+def _consistent(warehouse: BigQueryWarehouse) -> None:
+    report = Report()
+    check_invariants(fetch_tables(warehouse), report)
+    assert report.problems == []
+
+
+def _operations(rules: ProductionBigQuery, since: int) -> list[str]:
+    return [entry.operation for entry in rules.log[since:]]
+
+
+def test_the_worker_starts_on_terraforms_datasets_with_terraforms_roles(
+    production_bigquery: ProductionBigQuery,
+) -> None:
+    factory = fresh_bigquery(production_bigquery)
+    before = len(production_bigquery.log)
+    warehouse = factory()
+    warehouse.create_tables()
+    assert warehouse.location == TEST_LOCATION  # read from the dataset
+    assert "datasets.insert" not in _operations(production_bigquery, before)
+    assert warehouse.merge_events([cand(ev("e1"))]).inserted == 1
+    _consistent(warehouse)
+    warehouse.close()
+
+
+def test_absent_tables_are_created_with_the_workers_roles(
+    production_bigquery: ProductionBigQuery,
+) -> None:
+    factory = fresh_bigquery(production_bigquery, tables=False)
+    warehouse = factory()
+    warehouse.create_tables()
+    warehouse.create_tables()  # and again: nothing to do
+    admin = production_bigquery.admin_client(P)
+    tables = {t.table_id for t in admin.list_tables(f"{P}.{factory.dataset}")}
+    admin.close()
+    assert tables == {spec.name for spec in ALL_TABLES}
+    warehouse.close()
+
+
+def test_a_missing_dataset_stops_the_worker_with_what_to_do(
+    production_bigquery: ProductionBigQuery,
+) -> None:
+    missing = EmulatorWarehouse(production_bigquery.endpoint, P, f"missing_{uuid.uuid4().hex[:8]}")
+    warehouse = missing()
+    with pytest.raises(BigQuerySetupError) as caught:
+        warehouse.create_tables()
+    message = str(caught.value)
+    assert f"{P}.{missing.dataset}" in message
+    assert "roles/bigquery.dataEditor" in message and "terraform/iam.tf" in message
+    assert not warehouse.is_transient(caught.value)
+    warehouse.close()
+
+
+def test_the_command_line_names_a_missing_dataset(
+    production_bigquery: ProductionBigQuery, tmp_path: Path
+) -> None:
+    """Before the job starts (on Dataflow: in the launcher), not in every bundle."""
+    (tmp_path / "events.jsonl").write_bytes(event_line("e1") + b"\n")
+    dataset = f"absent_{uuid.uuid4().hex[:8]}"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", f"--input_files={tmp_path}/events.jsonl",
+         f"--warehouse=bigquery:{P}.{dataset}"],
+        capture_output=True, text=True, check=False, timeout=300,
+        env={**os.environ, "BIGQUERY_EMULATOR_HOST": production_bigquery.endpoint},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert f"{P}.{dataset}" in result.stderr and "roles/bigquery.dataEditor" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_create_datasets_needs_and_uses_the_right_to_create_them(
+    bq_emulator: BigQueryEmulator,
+) -> None:
+    name = f"local_{uuid.uuid4().hex[:8]}"
+    # A local user with dataEditor on the two datasets but no right to create a dataset.
+    editor = Grants(dataset_roles={
+        f"{P}.{name}": frozenset({"roles/bigquery.dataEditor"}),
+        f"{P}.{name}_staging": frozenset({"roles/bigquery.dataEditor"}),
+    })  # fmt: skip
+    with ProductionBigQuery(bq_emulator.endpoint, grants=editor) as rules:
+
+        def opened() -> BigQueryWarehouse:
+            return BigQueryWarehouse(P, name, client_factory=EmulatorClient(rules.endpoint),
+                                     create_datasets=True, location=TEST_LOCATION)  # fmt: skip
+
+        warehouse = opened()
+        with pytest.raises(BigQuerySetupError, match=r"bigquery\.datasets\.create"):
+            warehouse.create_tables()
+        warehouse.close()
+        rules.grant(Grants({P: frozenset({"roles/bigquery.user", "roles/bigquery.jobUser"})}))
+        warehouse = opened()
+        warehouse.create_tables()
+        assert warehouse.location == TEST_LOCATION
+        assert warehouse.merge_events([cand(ev("e1"))]).inserted == 1
+        warehouse.close()
+
+
+def test_datasets_outside_the_expected_location_are_refused(
+    production_bigquery: ProductionBigQuery,
+) -> None:
+    factory = fresh_bigquery(production_bigquery)
+    warehouse = BigQueryWarehouse(
+        P, factory.dataset, client_factory=EmulatorClient(factory.endpoint), location="US"
+    )
+    with pytest.raises(BigQuerySetupError, match=f"is in {TEST_LOCATION}, not in"):
+        warehouse.create_tables()
+    warehouse.close()
+
+
+@pytest.mark.parametrize("how", ["unavailable", "reset", "stall"])
+def test_a_lost_reply_re_attaches_to_the_job_in_its_location(
+    how: str, production_bigquery: ProductionBigQuery
+) -> None:
+    factory = fresh_bigquery(production_bigquery)
+    warehouse = BigQueryWarehouse(
+        P, factory.dataset, client_factory=EmulatorClient(factory.endpoint),
+        run_id=factory.run_id, request_timeout_seconds=2,
+    )  # fmt: skip
+    warehouse.create_tables()
+    production_bigquery.faults.lose("jobs.insert", f"eo_{factory.run_id}_", how, stall_seconds=5)
+    fired = production_bigquery.faults.fired("jobs.insert")
+    outcome = warehouse.merge_events([cand(ev("e1")), cand(ev("e2", tid="t2"))])
+    assert production_bigquery.faults.fired("jobs.insert") == fired + 1
+    assert outcome.inserted == 2
+    assert len(warehouse.fetch_rows("transaction_events")) == 2
+    _consistent(warehouse)
+    warehouse.close()
+
+
+def test_one_process_puts_at_most_two_batches_in_a_tables_dml_queue(
+    bq_emulator: BigQueryEmulator,
+) -> None:
+    """Six DoFn instances of one worker process, each merging its own day at once."""
+    with ProductionBigQuery(bq_emulator.endpoint, latency=Latency(query=(0.3, 0.6))) as rules:
+        factory = fresh_bigquery(rules)
+        setup = factory()
+        setup.create_tables()
+        setup.close()
+        errors: list[BaseException] = []
+
+        def merge(day: int) -> None:
+            warehouse = factory()  # one per DoFn instance, as in the sink
+            try:
+                at = T0 + dt.timedelta(days=day)
+                warehouse.merge_events([cand(ev(f"e{day}", at=at, tid=f"t{day}"))])
+            except BaseException as error:  # reported below
+                errors.append(error)
+            finally:
+                warehouse.close()
+
+        threads = [threading.Thread(target=merge, args=(day,)) for day in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        for table in ("transaction_events", "transactions", "account_window_totals"):
+            assert rules.scheduler.peak_outstanding((P, factory.dataset, table)) <= 2, table
+        check = factory()
+        assert len(check.fetch_rows("transaction_events")) == 6
+        _consistent(check)
+        check.close()
+
+
+def test_a_batch_too_large_for_one_request_is_merged_in_parts(
+    production_bigquery: ProductionBigQuery,
+) -> None:
+    """6,000 contract-valid rows as wide as the contract allows (128-character account ids of
+    4-byte characters, each its own window): their window totals do not fit one 10 MB request."""
+    factory = fresh_bigquery(production_bigquery)
+    warehouse = factory()
+    warehouse.create_tables()
+    wide = "\U0001f4b6" * 124
+    batch = [cand(ev(f"e{i:04d}", account=f"{i:04d}{wide}", tid=f"t{i}")) for i in range(6000)]
+    before = len(production_bigquery.log)
+    outcome = warehouse.merge_events(batch)
+    assert outcome.inserted == 6000 and outcome.windows_upserted == 6000
+    sent = production_bigquery.log[before:]
+    assert [entry for entry in sent if entry.status == 400] == []
+    assert max(entry.bytes_in for entry in sent if entry.operation == "jobs.insert") > 2**20
+    assert len(warehouse.fetch_rows("transaction_events")) == 6000
+    _consistent(warehouse)
+    warehouse.close()
