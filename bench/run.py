@@ -9,6 +9,7 @@ process, on this machine; prints a table and writes build/bench/results.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import scale_model
 from pipeline.tools.generate import GeneratorConfig, generate, write
 
 OUT = Path("build/bench")
@@ -100,6 +102,15 @@ def _sections(events: int, scale: int) -> dict[str, Callable[[], Any]]:
             for latency in ("none", "production")
             for instances, batches in ((1, 3), (4, 8))
         ],
+        # A model in simulated time (seconds to run): today's design against the staged one at
+        # 1k-300k events/s, at the assumed statement rate and at a slower one.
+        "scale_model": lambda: [
+            dataclasses.asdict(result)
+            for rate in (2_500_000, 1_000_000)
+            for result in scale_model.run(
+                [1_000, 10_000, 100_000, 300_000], 20, scale_model.Assumptions(rows_per_second=rate)
+            )
+        ],
         "soak": lambda: [
             _json("tests.test_soak", mode, str(SOAK_KEYS // scale), "5000")
             for mode in ("dedup", "no-expiry", "passthrough")
@@ -158,6 +169,13 @@ def render(results: dict[str, Any]) -> str:
             f" {r['seconds_per_batch']} s a batch of {r['rows_per_batch']},"
             f" {r['rows_per_second']} rows/s, {r['jobs_per_batch']} jobs a batch"
             for r in results["bigquery_batches"]
+        )
+    if "scale_model" in results:
+        lines.extend(
+            f"  scale model ({r['rows_per_second']:.0f} rows/s a statement) {r['design']}:"
+            f" offered {r['offered']}/s, sustained {r['sustained']}/s, lag p50"
+            f" {r['p50_lag_seconds']} s, p99 {r['p99_lag_seconds']} s"
+            for r in results["scale_model"]
         )
     if "soak" in results:
         soak = {r["mode"]: r for r in results["soak"]}
