@@ -45,6 +45,7 @@ the datasets' location; a request never exceeds 10 MB; one process keeps at most
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import hashlib
@@ -312,11 +313,13 @@ class BigQueryWarehouse(Warehouse):
         self,
         start: Callable[[str], bigquery.job.QueryJob | bigquery.job.LoadJob],
         job_id: str | None,
+        still_useful: Callable[[], bool] | None = None,
     ) -> Any:
         """Run a job; with a ``job_id``, re-attach to an earlier job of that id instead of
-        running it twice, and after a failed one try the next attempt id."""
-        if job_id is None:
-            return self._wait(start(f"eo_read_{uuid.uuid4().hex}"))
+        running it twice, and after a failed one (or one whose result is gone: ``still_useful``
+        says no) try the next attempt id. A read gets an id of its own, so that it too
+        re-attaches when the reply to its insert was lost."""
+        job_id = job_id or f"eo_read_{uuid.uuid4().hex}"
         attempt = 0
         while True:
             attempt_id = f"{job_id}_{attempt}"
@@ -325,7 +328,9 @@ class BigQueryWarehouse(Warehouse):
                 job = start(attempt_id)
             except api_exceptions.Conflict:
                 job = self._get_job(attempt_id, just_created=True)
-                if job.error_result:
+                if job.error_result or (
+                    still_useful is not None and job.state == "DONE" and not still_useful()
+                ):
                     attempt += 1
                     continue
             return self._wait(job)
@@ -352,15 +357,27 @@ class BigQueryWarehouse(Warehouse):
                 return self._wait(job)
             attempt += 1
 
-    @staticmethod
-    def _wait(job: Any) -> Any:
-        try:
-            job.result()
-        except api_exceptions.GoogleAPICallError as error:
-            raise BigQueryBatchError(
-                f"BigQuery job {job.job_id} failed: {error}", _is_transient(error)
-            ) from error
-        return job
+    def _wait(self, job: Any) -> Any:
+        """Wait for the job, polling with the request timeout: a poll that gets no reply is
+        abandoned and sent again, never waited on forever."""
+        while True:
+            try:
+                job.result(timeout=self._timeout)
+            except concurrent.futures.TimeoutError:
+                continue  # not done yet, or a poll got no answer: poll again
+            except api_exceptions.GoogleAPICallError as error:
+                raise BigQueryBatchError(
+                    f"BigQuery job {job.job_id} failed: {error}", _is_transient(error)
+                ) from error
+            return job
+
+    def _rows(
+        self,
+        sql: str,
+        params: Sequence[bigquery.ScalarQueryParameter | bigquery.ArrayQueryParameter],
+    ) -> list[Any]:
+        """The rows of a read query, every page fetched with the request timeout."""
+        return list(self._query(sql, params).result(timeout=self._timeout))
 
     def _query(
         self,
@@ -390,7 +407,9 @@ class BigQueryWarehouse(Warehouse):
         )
         destination = f"{self.staging_project}.{self.staging_dataset}.{table}"
         # Over 5 MB the client switches to a resumable upload, whose chunks the request limit
-        # does not apply to; below it a multipart request stays under the limit.
+        # does not apply to; below it a multipart request stays under the limit. A batch
+        # retried after its staging table expired (the dataset's default expiration) loads it
+        # again instead of re-attaching to the load that made it.
         self._run_job(
             lambda attempt_id: self.client.load_table_from_json(
                 rows,
@@ -401,7 +420,15 @@ class BigQueryWarehouse(Warehouse):
                 timeout=self._timeout,
             ),
             job_id,
+            still_useful=lambda: self._exists(destination),
         )
+
+    def _exists(self, table: str) -> bool:
+        try:
+            self.client.get_table(table, timeout=self._timeout)
+        except api_exceptions.NotFound:
+            return False
+        return True
 
     def _drop_stage(self, name: str) -> None:
         self.client.delete_table(
@@ -549,6 +576,7 @@ class BigQueryWarehouse(Warehouse):
         self._load(stage, _STAGE_SCHEMA, [_stage_row(c) for c in candidates], f"{job}_stage")
         ids = sorted({c.event.event_id for c in candidates})
         held = self._ledger_versions(ids)
+        self._check_transactions_size(candidates, held)
         absent = sorted({c.event.event_id for c in candidates if c.primary} - held.keys())
         times = [c.event.event_time for c in candidates]
         inserted = 0
@@ -608,7 +636,7 @@ class BigQueryWarehouse(Warehouse):
         """
 
     def _ledger_rows(self, ids: Sequence[str]) -> list[dict[str, Any]]:
-        rows = self._query(self.versions_sql(), [_array("ids", "STRING", ids)]).result()
+        rows = self._rows(self.versions_sql(), [_array("ids", "STRING", ids)])
         return [dict(row.items()) for row in rows]
 
     def _ledger_versions(self, ids: Sequence[str]) -> dict[str, Event]:
@@ -677,11 +705,11 @@ class BigQueryWarehouse(Warehouse):
                     WHERE transaction_id IN UNNEST(@tids)""",
                 [_array("tids", "STRING", sorted(repaired.transaction_ids))],
             )
-        existing = self._query(
+        existing = self._rows(
             f"""SELECT event_time FROM {self.table_ref(TRANSACTIONS)}
                 WHERE transaction_id IN UNNEST(@tids)""",
             [_array("tids", "STRING", tids)],
-        ).result()
+        )
         # The target range covers the batch and wherever its transactions' rows already are, so
         # the restricted MERGE finds an existing row instead of inserting a second one.
         times = [c.event.event_time for c in candidates] + [row["event_time"] for row in existing]
@@ -722,12 +750,12 @@ class BigQueryWarehouse(Warehouse):
         another partition; the newest row (the rule of the table) stays."""
         duplicated = [
             row["transaction_id"]
-            for row in self._query(
+            for row in self._rows(
                 f"""SELECT transaction_id FROM {self.table_ref(TRANSACTIONS)}
                     WHERE transaction_id IN UNNEST(@tids)
                     GROUP BY transaction_id HAVING COUNT(*) > 1""",
                 [_array("tids", "STRING", tids)],
-            ).result()
+            )
         ]
         if duplicated:
             self._query(
@@ -756,14 +784,14 @@ class BigQueryWarehouse(Warehouse):
             start = at - (at - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) % size
             windows.add((account_id, currency, start, start + size))
         keys = sorted(windows)
-        sums = self._query(
+        sums = self._rows(
             self.window_sums_sql(),
             [
                 _windows_param(keys),
                 _ts("wlo", min(w[2] for w in keys)),
                 _ts("whi", max(w[3] for w in keys)),
             ],
-        ).result()
+        )
         totals = [
             _total_param(
                 (row["account_id"], row["currency"], row["window_start"], row["window_end"]),
@@ -797,6 +825,19 @@ class BigQueryWarehouse(Warehouse):
                        for c in candidates})  # fmt: skip
         widest = [_total_param(key, _WIDEST_COUNT, _WIDEST_AMOUNT) for key in keys]
         self._check_size(self.totals_merge_sql(), self._totals_params(widest, keys))
+
+    def _check_transactions_size(
+        self, candidates: Sequence[LedgerCandidate], held: dict[str, Event]
+    ) -> None:
+        """Before the ledger MERGE: the transactions' request carries the batch's transaction
+        ids and those of the versions the ledger holds, known only now."""
+        tids = {c.event.transaction_id for c in candidates}
+        tids.update(event.transaction_id for event in held.values())
+        now = dt.datetime.now(dt.UTC)
+        bounds = [_ts("lo", now), _ts("hi", now), _ts("now", now)]
+        params: list[bigquery.ScalarQueryParameter | bigquery.ArrayQueryParameter]
+        params = [_array("tids", "STRING", sorted(tids)), *bounds]
+        self._check_size(self.transactions_merge_sql(), params)
 
     def _check_size(
         self,
@@ -883,11 +924,11 @@ class BigQueryWarehouse(Warehouse):
         ids = [r.dead_letter_id for r in unique]
         present = {
             row["dead_letter_id"]
-            for row in self._query(
+            for row in self._rows(
                 f"""SELECT dead_letter_id FROM {self.table_ref(DEAD_LETTERS)}
                     WHERE dead_letter_id IN UNNEST(@ids)""",
                 [_array("ids", "STRING", ids)],
-            ).result()
+            )
         }
         new = [r for r in unique if r.dead_letter_id not in present]
         if not new:
@@ -920,11 +961,11 @@ class BigQueryWarehouse(Warehouse):
 
     def read_checkpoint(self, source: str) -> dt.datetime | None:
         rows = list(
-            self._query(
+            self._rows(
                 f"SELECT replay_from FROM {self.table_ref(INGEST_CHECKPOINTS)}"
                 " WHERE source = @source",
                 [_scalar("source", "STRING", source)],
-            ).result()
+            )
         )
         return rows[0]["replay_from"] if rows else None
 
@@ -949,9 +990,9 @@ class BigQueryWarehouse(Warehouse):
         spec = next((t for t in ALL_TABLES if t.name == validate_identifier(table)), None)
         if spec is None:
             raise ValueError(f"unknown table {table!r}")
-        rows = self._query(
+        rows = self._rows(
             f"SELECT * FROM {self.table_ref(spec)} ORDER BY {', '.join(spec.key)}", []
-        ).result()
+        )
         return [_normalise(spec, dict(row.items())) for row in rows]
 
 

@@ -167,12 +167,20 @@ class Scheduler:
         with self._lock:
             return self._tables[table].peak_outstanding if table in self._tables else 0
 
+    def register(self, job: Job) -> bool:
+        """Take the job's id; False when a job of that id exists (the proxy answers 409). One
+        step, so two inserts of one id at once cannot both run."""
+        with self._lock:
+            if (job.project, job.job_id) in self._jobs:
+                return False
+            self._jobs[(job.project, job.job_id)] = job
+            return True
+
     def submit(self, job: Job, load_destination: TableId | None = None) -> None:
-        """Register a job whose id is new (the proxy answers 409 otherwise) and start it."""
+        """Start a registered job."""
         with self._lock:
             now = self._clock()
             job.submitted = now
-            self._jobs[(job.project, job.job_id)] = job
             if job.kind == "load" and load_destination is not None:
                 quota = self._load_quota(now, job.project, load_destination)
                 if quota is not None:
@@ -189,6 +197,8 @@ class Scheduler:
                 self._fail(job, _as_failure(error))
             return
         with self._lock:
+            if job.done.is_set():
+                return  # cancelled while it ran
             job.started = now
             job.due = now + self._draw(job.kind)
             job.state = "RUNNING"

@@ -5,9 +5,10 @@ exercised as it would be against Google.
 
 Rules (each has a test in tests/test_production_bigquery.py):
 
-* **Permissions**: every call checks the permission Google documents for it against
-  :class:`~tests.production_bigquery.iam.Grants` (the worker's, read from terraform/iam.tf);
-  403 "Access Denied" otherwise, before anything else is looked at.
+* **Permissions**: every call on a dataset, a table or a new job checks the permission Google
+  documents for it against :class:`~tests.production_bigquery.iam.Grants` (the worker's, read
+  from terraform/iam.tf); 403 "Access Denied" otherwise, before anything else is looked at. The
+  caller's own jobs are got, polled and cancelled freely, as BigQuery lets their creator.
 * **Locations**: datasets live where they were created. A job given a location other than its
   datasets' fails with 404 "Not found: Dataset ... was not found in location ..."; outside the US
   and EU multi-regions, jobs.get, getQueryResults and cancel without the job's location answer
@@ -392,13 +393,14 @@ class ProductionBigQuery:
         location, refused = self._job_location(datasets, given)
         if refused is not None:
             return refused, None
-        if self.scheduler.find(project, job_id) is not None:
+        forward = copy.copy(request)
+        run = functools.partial(self._run, forward)
+        job = Job(project, job_id, location, kind, statement, run, configuration)
+        if not self.scheduler.register(job):
             return error_reply(
                 409, "duplicate", f"Already Exists: Job {project}:{location}.{job_id}"
             ), None
-        forward = copy.copy(request)
-        run = functools.partial(self._run, forward)
-        return None, Job(project, job_id, location, kind, statement, run, configuration)
+        return None, job
 
     def _statement(self, project: str, query: dict[str, Any]) -> Statement:
         default = query.get("defaultDataset", {}).get("datasetId")
@@ -417,11 +419,11 @@ class ProductionBigQuery:
     def _query_permissions(self, statement: Statement) -> Reply | None:
         needed = [(table, "bigquery.tables.getData") for table in statement.reads]
         if statement.target is not None:
-            permission = (
-                "bigquery.tables.create" if statement.kind == "CREATE"
-                else "bigquery.tables.delete" if statement.kind == "DROP"
-                else "bigquery.tables.updateData"
-            )  # fmt: skip
+            permission = {
+                "CREATE": "bigquery.tables.create",
+                "DROP": "bigquery.tables.delete",
+                "ALTER": "bigquery.tables.update",
+            }.get(statement.kind, "bigquery.tables.updateData")
             needed.append((statement.target, permission))
         for (project, dataset, table), permission in needed:
             if not self.grants.on_dataset(project, dataset, permission):

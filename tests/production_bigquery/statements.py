@@ -34,7 +34,7 @@ class Statement:
 
     @property
     def mutating_dml(self) -> bool:
-        return self.kind in {"MERGE", "UPDATE", "DELETE"}
+        return self.kind in {"MERGE", "UPDATE", "DELETE", "TRUNCATETABLE"}
 
 
 def analyse(
@@ -56,7 +56,7 @@ def analyse(
         if t is not target_node and (t.db or default_dataset)
     )
     kind = type(tree).__name__.upper()
-    updates_rows = isinstance(tree, exp.Update | exp.Delete) or (
+    updates_rows = isinstance(tree, exp.Update | exp.Delete | exp.TruncateTable) or (
         isinstance(tree, exp.Merge) and any(_matched(when) for when in _whens(tree))
     )
     partitions = None
@@ -68,7 +68,11 @@ def analyse(
 
 
 def _target(tree: exp.Expression) -> exp.Table | None:
-    if not isinstance(tree, exp.Merge | exp.Update | exp.Insert | exp.Create | exp.Delete):
+    if isinstance(tree, exp.Drop | exp.TruncateTable):  # their table is not in ``this``
+        return tree.find(exp.Table)
+    if not isinstance(
+        tree, exp.Merge | exp.Update | exp.Insert | exp.Create | exp.Delete | exp.Alter
+    ):
         return None
     node = tree.this
     if isinstance(node, exp.Schema):  # INSERT INTO t (a, b) / CREATE TABLE t (...)
@@ -97,11 +101,15 @@ def _restriction(
 ) -> tuple[dt.date, dt.date] | None:
     """The dates of ``alias.column BETWEEN lo AND hi`` in the MERGE's ON or the WHERE."""
     condition = tree.args.get("on") if isinstance(tree, exp.Merge) else tree.args.get("where")
+    if isinstance(condition, exp.Where):
+        condition = condition.this
     if condition is None:
         return None
     alias = target.alias_or_name
     values = {p.get("name"): p.get("parameterValue", {}).get("value") for p in parameters}
-    for between in condition.find_all(exp.Between):
+    # Only a restriction every row must meet: a conjunct of the condition, not a branch of an OR.
+    conjuncts = condition.flatten() if isinstance(condition, exp.And) else [condition]
+    for between in (c for c in conjuncts if isinstance(c, exp.Between)):
         subject = between.this
         if not (isinstance(subject, exp.Column) and subject.name == column):
             continue

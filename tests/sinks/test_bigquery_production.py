@@ -22,6 +22,7 @@ from pipeline.sinks.bigquery import BigQuerySetupError, BigQueryWarehouse
 from pipeline.tables import ALL_TABLES
 from pipeline.tools.reconcile import Report, check_invariants, fetch_tables, window_of
 from tests.bigquery_emulator import DEFAULT_PROJECT, BigQueryEmulator
+from tests.faults import FaultPlan, FaultyBigQueryFactory
 from tests.helpers import event_line
 from tests.production_bigquery import (
     TEST_LOCATION,
@@ -151,22 +152,72 @@ def test_datasets_outside_the_expected_location_are_refused(
     warehouse.close()
 
 
+# Which replies are lost: the insert of a MERGE or load (its job id names the run), the insert
+# of a read, a poll for a job's results.
+_LOST = {
+    "merge_insert": ("jobs.insert", "eo_{run_id}_"),
+    "read_insert": ("jobs.insert", "eo_read_"),
+    "result_poll": ("jobs.getQueryResults", "eo_"),
+}
+
+
 @pytest.mark.parametrize("how", ["unavailable", "reset", "stall"])
+@pytest.mark.parametrize("which", sorted(_LOST))
 def test_a_lost_reply_re_attaches_to_the_job_in_its_location(
-    how: str, production_bigquery: ProductionBigQuery
+    which: str, how: str, production_bigquery: ProductionBigQuery
 ) -> None:
+    """The call is carried out and its reply lost: the warehouse asks again, finds the job in its
+    location, and every row lands once. A stalled reply never answers within the test: only the
+    warehouse's request timeout gets past it."""
     factory = fresh_bigquery(production_bigquery)
     warehouse = BigQueryWarehouse(
         P, factory.dataset, client_factory=EmulatorClient(factory.endpoint),
         run_id=factory.run_id, request_timeout_seconds=2,
     )  # fmt: skip
     warehouse.create_tables()
-    production_bigquery.faults.lose("jobs.insert", f"eo_{factory.run_id}_", how, stall_seconds=5)
-    fired = production_bigquery.faults.fired("jobs.insert")
-    outcome = warehouse.merge_events([cand(ev("e1")), cand(ev("e2", tid="t2"))])
-    assert production_bigquery.faults.fired("jobs.insert") == fired + 1
-    assert outcome.inserted == 2
+    operation, match = _LOST[which]
+    faults = production_bigquery.faults
+    faults.lose(operation, match.format(run_id=factory.run_id), how, stall_seconds=600)
+    fired = faults.fired(operation)
+    merged: list[object] = []
+
+    def merge() -> None:
+        try:
+            merged.append(warehouse.merge_events([cand(ev("e1")), cand(ev("e2", tid="t2"))]))
+        except Exception as error:  # reported by the assertion below
+            merged.append(error)
+
+    thread = threading.Thread(target=merge, daemon=True)
+    thread.start()
+    thread.join(timeout=300)  # a guard against a hang, not a timing target
+    assert merged, "the merge never returned"
+    assert getattr(merged[0], "inserted", merged[0]) == 2
+    assert faults.fired(operation) == fired + 1
     assert len(warehouse.fetch_rows("transaction_events")) == 2
+    _consistent(warehouse)
+    warehouse.close()
+
+
+def test_a_batch_retried_after_its_staging_table_expired_loads_it_again(
+    production_bigquery: ProductionBigQuery, tmp_path: Path
+) -> None:
+    """A batch failing for longer than the staging dataset's table expiration (a day): its
+    retry must not re-attach to the load whose table is gone."""
+    factory = fresh_bigquery(production_bigquery)
+    plan = FaultPlan(str(tmp_path / "faults.json")).arm("conflict:ledger", 1)
+    warehouse = FaultyBigQueryFactory(factory.endpoint, P, factory.dataset, plan)()
+    assert isinstance(warehouse, BigQueryWarehouse)
+    warehouse.create_tables()
+    batch = [cand(ev("e1")), cand(ev("e2", tid="t2"))]
+    with pytest.raises(Exception, match="serialize"):  # the contention the sink retries
+        warehouse.merge_events(batch)
+    admin = production_bigquery.admin_client(P)
+    staged = list(admin.list_tables(f"{P}.{factory.dataset}_staging"))
+    assert staged, "the failed batch left its staging table"
+    for table in staged:  # what the default table expiration does a day later
+        admin.delete_table(table)
+    admin.close()
+    assert warehouse.merge_events(batch).inserted == 2
     _consistent(warehouse)
     warehouse.close()
 
