@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 RUN_DIR ?= build/run
 EVENTS ?= 100000
 
-.PHONY: help install run run-streaming emulator bq-emulator test lint format bench clean
+.PHONY: help install run run-streaming emulator bq-emulator test test-fast lint format bench clean
 
 help:
 	@echo "make run    generate $(EVENTS) events, run the pipeline twice into DuckDB, reconcile"
@@ -16,6 +16,7 @@ help:
 	@echo "make emulator       run a Pub/Sub emulator on 127.0.0.1:8085 in the foreground"
 	@echo "make run-outbox     PostgreSQL outbox -> relay (killed and restarted) -> pipeline -> reconcile"
 	@echo "make test   lint and the whole test suite"
+	@echo "make test-fast  lint and the tests that need no emulator (the inner loop)"
 	@echo "make lint   ruff and mypy"
 	@echo "make bench  the benchmarks of BENCHMARKS.md (long; not part of make test)"
 	@echo "make clean  remove build outputs (keeps .venv)"
@@ -77,6 +78,11 @@ format: install
 # Two workers: the suite waits mostly on emulators and the DirectRunner, one process each.
 test: lint bq-emulator tf-tools
 	$(PY) -m pytest -n 2
+
+# The inner loop: lint and the tests that need no service and are not long proofs (unit,
+# contract, DuckDB end to end). make test is what CI runs.
+test-fast: lint tf-tools
+	$(PY) -m pytest -n 2 -m "not service and not slow"
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

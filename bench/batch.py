@@ -1,7 +1,11 @@
 """End-to-end batch throughput: the pipeline against the same pipeline built on Beam's
 DeduplicatePerKey, and against a pass-through that reads, parses and writes the same rows with no
-dedup step at all. Each variant runs in its own process (peak memory is then its own) on the
-DirectRunner, into a fresh DuckDB file, and reports lines per second.
+dedup step at all; and (BENCHMARKS.md section 7) against the cheapest pipeline that lands the
+rows, ``append_only`` (read, parse, batch, append to DuckDB: no dedup, no MERGE), with
+``pipeline_batches``, the pipeline with the per-batch sink BigQuery uses. The first three use the
+sink the pipeline uses on DuckDB (staged appends, merge cycles). Each variant runs in its own
+process (peak memory is then its own) on the DirectRunner, into a fresh DuckDB file, and reports
+lines per second.
 
     python -m bench.batch VARIANT FILES_GLOB DATABASE    # one run, prints a JSON line
 """
@@ -19,19 +23,19 @@ from apache_beam.transforms.deduplicate import DeduplicatePerKey
 
 from pipeline import metrics
 from pipeline.dead_letters import DEAD_LETTER_TAG
-from pipeline.events import Event
-from pipeline.sinks.upsert import UpsertDeadLetters, UpsertLedger
-from pipeline.sinks.warehouse import warehouse_factory
+from pipeline.events import Event, LedgerCandidate
+from pipeline.sinks.upsert import StageAndMergeLedger, UpsertDeadLetters, UpsertLedger
+from pipeline.sinks.warehouse import WarehouseFactory, warehouse_factory
 from pipeline.sources import ReadEventFiles
 from pipeline.transforms.dedup import DedupByEventId
 from pipeline.transforms.parse import ParseEvents
 from pipeline.transforms.windows import AssignEventTimeWindows
 
-VARIANTS = ("pipeline", "beam_deduplicate", "passthrough")
+VARIANTS = ("pipeline", "beam_deduplicate", "passthrough", "append_only", "pipeline_batches")
 
 
 def _dedup_step(variant: str) -> beam.PTransform:
-    if variant == "pipeline":
+    if variant in ("pipeline", "pipeline_batches"):
         return DedupByEventId(ttl_seconds=3600)  # bounded input: the GroupByKey path
     if variant == "beam_deduplicate":
         # The same semantics as far as Beam's transform goes: one element per key, state expiring
@@ -45,6 +49,23 @@ def _dedup_step(variant: str) -> beam.PTransform:
     return "AsVerdict" >> beam.Map(lambda e: (e, True))  # passthrough: every event is primary
 
 
+class _Append(beam.DoFn):
+    """Appends each batch to the warehouse's staging table, and nothing else."""
+
+    def __init__(self, factory: WarehouseFactory) -> None:
+        self._factory = factory
+
+    def setup(self) -> None:
+        self._warehouse = self._factory()
+        self._warehouse.create_tables()
+
+    def process(self, batch: list[LedgerCandidate]) -> None:
+        self._warehouse.stage_events(batch)
+
+    def teardown(self) -> None:
+        self._warehouse.close()
+
+
 def run(variant: str, files: str, database: str) -> dict[str, object]:
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}")
@@ -53,7 +74,16 @@ def run(variant: str, files: str, database: str) -> dict[str, object]:
     parsed = pipeline | "ReadEvents" >> ReadEventFiles(files) | "ParseEvents" >> ParseEvents()
     verdicts = parsed["events"] | "Dedup" >> _dedup_step(variant)
     candidates = verdicts | "AssignWindows" >> AssignEventTimeWindows(60)
-    _ = candidates | "MergeLedger" >> UpsertLedger(factory)
+    if variant == "append_only":
+        _ = (
+            candidates
+            | "Batch" >> beam.BatchElements(min_batch_size=5000, max_batch_size=5000)
+            | "Append" >> beam.ParDo(_Append(factory))
+        )
+    elif variant == "pipeline_batches":
+        _ = candidates | "MergeLedger" >> UpsertLedger(factory)
+    else:
+        _ = candidates | "MergeLedger" >> StageAndMergeLedger(factory)
     _ = parsed[DEAD_LETTER_TAG] | "MergeDeadLetters" >> UpsertDeadLetters(factory)
     started = time.perf_counter()
     result = pipeline.run()

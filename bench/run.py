@@ -42,13 +42,17 @@ def _input(events: int) -> Path:
     return folder
 
 
-def batch(events: int, rounds: int = 1) -> list[dict[str, Any]]:
-    """Each round runs the three variants back to back; the VM's speed drifts by 10-25% over
+def batch(
+    events: int,
+    rounds: int = 1,
+    variants: tuple[str, ...] = ("pipeline", "beam_deduplicate", "passthrough"),
+) -> list[dict[str, Any]]:
+    """Each round runs the variants back to back; the VM's speed drifts by 10-25% over
     minutes, so ratios are taken within a round and, over several rounds, their median."""
     folder = _input(events)
     rows = []
     for round_ in range(1, rounds + 1):
-        for variant in ("pipeline", "beam_deduplicate", "passthrough"):
+        for variant in variants:
             database = OUT / f"batch-{variant}-{events}.duckdb"
             database.unlink(missing_ok=True)
             row = _json("bench.batch", variant, f"{folder}/events-*.jsonl", str(database))
@@ -79,6 +83,11 @@ def _sections(events: int, scale: int) -> dict[str, Callable[[], Any]]:
         # single runs (BENCHMARKS.md), more than the ratio's distance from its target.
         "batch_large": lambda: batch(events // scale, rounds=3),
         "shared_path": lambda: shared_path(events // scale),
+        # The local measure of the staged design: the pipeline against the cheapest pipeline
+        # that lands the rows (append only), and the per-batch sink, back to back.
+        "staged_local": lambda: batch(
+            200_000 // scale, rounds=3, variants=("append_only", "pipeline", "pipeline_batches")
+        ),
         "row_memory": lambda: _json(
             "bench.row_memory", f"{_input(events // scale)}/events-*.jsonl"
         ),
@@ -150,6 +159,8 @@ def render(results: dict[str, Any]) -> str:
     for key in ("batch_100k", "batch_large"):
         if key in results:
             lines.extend(_batch_lines(key, results[key]))
+    if "staged_local" in results:
+        lines.extend(_staged_lines(results["staged_local"]))
     if "shared_path" in results:
         lines.append("  shared path, cumulative seconds: " + ", ".join(
             f"{r['prefix']} {r['seconds']}" for r in results["shared_path"]))  # fmt: skip
@@ -219,6 +230,24 @@ def _batch_lines(key: str, runs: list[dict[str, Any]]) -> list[str]:
             f" {statistics.median(versus_beam):.2f}, pipeline / passthrough ="
             f" {statistics.median(versus_passthrough):.2f}"
         )
+    return lines
+
+
+def _staged_lines(runs: list[dict[str, Any]]) -> list[str]:
+    rounds = _by_variant(runs)
+    lines: list[str] = []
+    ratios: dict[str, list[float]] = {"pipeline": [], "pipeline_batches": []}
+    for number, rows in rounds.items():
+        base = rows["append_only"]["lines_per_second"]
+        for variant, values in ratios.items():
+            values.append(rows[variant]["lines_per_second"] / base)
+        lines.append(f"  staged_local round {number}: " + ", ".join(
+            f"{v} {r['lines_per_second']} lines/s ({r['seconds']} s)"
+            for v, r in rows.items()))  # fmt: skip
+    lines.append(
+        f"    median over {len(rounds)} rounds, against append_only: "
+        + ", ".join(f"{v} {statistics.median(r):.2f}" for v, r in ratios.items())
+    )
     return lines
 
 

@@ -133,6 +133,21 @@ def to_micros(value: dt.datetime) -> int:
     return (value - EPOCH) // _ONE_MICROSECOND
 
 
+def version_order(event: Event) -> tuple[int, str, str, Decimal, str, str]:
+    """The order in which one of several versions of an event is chosen: the earliest event
+    time, then the smallest field by field. Both warehouses' SQL sorts by the same columns
+    (``ORDER BY event_time, transaction_id, account_id, amount, currency, status``), so the
+    dedup step and every warehouse choose the same version."""
+    return (
+        to_micros(event.event_time),
+        event.transaction_id,
+        event.account_id,
+        event.amount,
+        event.currency,
+        event.status,
+    )
+
+
 def from_micros(micros: int) -> dt.datetime:
     # Positional (days, seconds, microseconds): exact for ints, and twice as fast as the keyword
     # form on this hot path (every decoded event).

@@ -14,6 +14,7 @@ from apache_beam.metrics.metricbase import Counter
 from apache_beam.runners.runner import PipelineResult
 
 from pipeline.progress import ProgressHandle
+from pipeline.sinks.warehouse import MergeOutcome
 
 NAMESPACE = "effectively_once"
 
@@ -32,8 +33,23 @@ TRANSACTIONS_UPSERTED = "transactions_rows_upserted"
 WINDOW_TOTALS_UPSERTED = "window_totals_rows_upserted"
 DEAD_LETTERS_INSERTED = "dead_letters_rows_inserted"
 MERGE_BATCHES = "merge_batches"
+ROWS_STAGED = "ledger_rows_staged"
+MERGE_CYCLES = "merge_cycles"
 MERGE_RETRIES = "merge_retries"
 MERGE_FALLBACKS = "merge_unrestricted_fallbacks"
+
+
+def outcome_counts(outcome: MergeOutcome) -> dict[str, int]:
+    """The counters a merged batch or cycle increments."""
+    return {
+        LEDGER_INSERTED: outcome.inserted,
+        DUPLICATES_WAREHOUSE: outcome.duplicates,
+        CONFLICTS: outcome.conflicts,
+        TRANSACTIONS_UPSERTED: outcome.transactions_upserted,
+        WINDOW_TOTALS_UPSERTED: outcome.windows_upserted,
+        DEAD_LETTERS_INSERTED: outcome.dead_letters_inserted,
+        MERGE_FALLBACKS: int(outcome.used_fallback),
+    }
 
 
 def counter(name: str) -> Counter:
@@ -103,6 +119,7 @@ class RunSummary:
             ("rows merged: transactions", self.get(TRANSACTIONS_UPSERTED)),
             ("rows merged: account_window_totals", self.get(WINDOW_TOTALS_UPSERTED)),
             ("rows merged: dead_letters", self.get(DEAD_LETTERS_INSERTED)),
+            ("rows staged, merge cycles", f"{self.get(ROWS_STAGED)}, {self.get(MERGE_CYCLES)}"),
             (
                 "merge batches (retries, unrestricted fallbacks)",
                 f"{self.get(MERGE_BATCHES)}"

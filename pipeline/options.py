@@ -158,6 +158,14 @@ class EffectivelyOnceOptions(PipelineOptions):
             " bundle fails (the runner then retries the bundle). Default: 5",
         )
         parser.add_argument(
+            "--merge_interval_seconds",
+            type=int,
+            default=60,
+            help="Streaming into a staged warehouse (DuckDB): how often the rows staged since"
+            " the last merge cycle are merged into the tables, in seconds of processing time."
+            " A row waits at most about this long to be visible. Default: 60",
+        )
+        parser.add_argument(
             "--merge_retry_delay_seconds",
             type=float,
             default=1.0,
@@ -247,6 +255,7 @@ def validate(options: PipelineOptions) -> list[str]:
             f"--batch_slice_seconds must divide a day ({SECONDS_PER_DAY})",
         ),
         (o.merge_retries < 0, "--merge_retries must be >= 0"),
+        (o.merge_interval_seconds < 1, "--merge_interval_seconds must be at least 1"),
         (o.merge_retry_delay_seconds < 0, "--merge_retry_delay_seconds must be >= 0"),
         (o.exit_when_idle_seconds < 0, "--exit_when_idle_seconds must be >= 0"),
         (o.replay_margin_seconds < 0, "--replay_margin_seconds must be >= 0"),

@@ -9,11 +9,12 @@ needed is harmless: every MERGE is idempotent.
 
 "Not yet safely committed" is known exactly inside the one process the DirectRunner uses: this
 module keeps, per run, the publish times pulled and not yet *settled*. A message is settled when
-its ledger batch or dead letter committed, or when dedup dropped it as an identical copy (its twin
-is then outstanding or committed, and either holds the checkpoint or is already safe). The
-safe point is the oldest outstanding publish time or, when none is outstanding, the newest settled
-one. A margin (``--replay_margin_seconds``) covers the instant between the runner's ack and the
-registration of a message, and out-of-order delivery.
+its ledger batch or dead letter committed (or its row was staged: staging is durable), or when
+dedup dropped it as an identical copy (its twin is then outstanding or committed, and either
+holds the checkpoint or is already safe). The safe point is the oldest outstanding publish time
+or, when none is outstanding, the newest settled one. A margin (``--replay_margin_seconds``)
+covers the instant between the runner's ack and the registration of a message, and out-of-order
+delivery.
 
 The same object tells a local run when it may stop (``--exit_when_idle_seconds``): nothing pulled
 is unsettled and nothing arrived or committed for the idle time. Counting commits as activity

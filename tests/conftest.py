@@ -65,7 +65,23 @@ def duckdb_warehouse(duckdb_path: str) -> WarehouseFactory:
     return duckdb_factory(duckdb_path)
 
 
+# The fixtures that start a local service; a test parametrized with "bigquery" (the ``warehouse``
+# fixture, or a ``kind``) asks for the BigQuery emulator too.
+_SERVICES = {"emulator", "postgres", "bq_emulator", "production_bigquery"}
+
+
+def _needs_service(item: pytest.Item) -> bool:
+    if _SERVICES & set(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and "bigquery" in callspec.params.values()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Long proofs first: with ``-n 2`` the workers then start them at once and the many short
-    tests fill in around them, instead of one worker ending the run alone on a long tail."""
+    """Marks the tests that need a local service (``service``: ``make test-fast`` leaves them
+    out). Long proofs first: with ``-n 2`` the workers then start them at once and the many
+    short tests fill in around them, instead of one worker ending the run alone on a long tail."""
+    for item in items:
+        if _needs_service(item):
+            item.add_marker(pytest.mark.service)
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -73,14 +73,20 @@ class FaultyWarehouse(Warehouse):
     """Delegates to a real warehouse; fails where the plan says.
 
     Fault names: ``before_merge`` (nothing reached the warehouse), ``after_merge`` (the batch
-    committed, then the call failed, as when a worker dies before its bundle completes), and
-    ``dead_letters_before``. ``transient`` decides whether the sink may retry in place.
+    committed, then the call failed, as when a worker dies before its bundle completes), the
+    same around a staged append (``before_stage``, ``after_stage``) and a merge cycle
+    (``before_cycle``, ``after_cycle``), and ``dead_letters_before``. ``transient`` decides
+    whether the sink may retry in place.
     """
 
     def __init__(self, inner: Warehouse, plan: FaultPlan, transient: bool = True) -> None:
         self.inner = inner
         self.plan = plan
         self.transient = transient
+
+    @property
+    def stages(self) -> bool:  # type: ignore[override]
+        return self.inner.stages
 
     def _fail(self, name: str) -> None:
         raise (TransientInjectedFault if self.transient else InjectedFault)(name)
@@ -94,6 +100,21 @@ class FaultyWarehouse(Warehouse):
         outcome = self.inner.merge_events(batch)
         if self.plan.take("after_merge"):
             self._fail("after_merge")
+        return outcome
+
+    def stage_events(self, batch: Sequence[LedgerCandidate]) -> None:
+        if self.plan.take("before_stage"):
+            self._fail("before_stage")
+        self.inner.stage_events(batch)
+        if self.plan.take("after_stage"):
+            self._fail("after_stage")
+
+    def merge_staged(self) -> MergeOutcome:
+        if self.plan.take("before_cycle"):
+            self._fail("before_cycle")
+        outcome = self.inner.merge_staged()
+        if self.plan.take("after_cycle"):
+            self._fail("after_cycle")
         return outcome
 
     def merge_dead_letters(self, rows: Sequence[DeadLetter]) -> int:

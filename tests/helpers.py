@@ -16,6 +16,7 @@ from pipeline.metrics import RunSummary, read_counters
 from pipeline.run import build_pipeline
 from pipeline.sinks.warehouse import Warehouse, WarehouseFactory
 from pipeline.tables import DATA_TABLES
+from pipeline.tools.reconcile import Report, check_invariants
 from tests.warehouses import EmulatorWarehouse, another_run
 
 # Columns that record *when* a row was written; everything else must be identical across runs.
@@ -112,3 +113,14 @@ def read_tables(
 
 def utc(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(dt.UTC)
+
+
+def assert_exact(factory: WarehouseFactory, event_ids: Sequence[str]) -> dict[str, list[dict]]:
+    """The ledger holds exactly ``event_ids`` and the tables agree with it (reconcile's
+    invariants); returns the tables."""
+    tables = read_tables(factory)
+    assert sorted(r["event_id"] for r in tables["transaction_events"]) == sorted(event_ids)
+    report = Report()
+    check_invariants(tables, report)
+    assert report.problems == []
+    return tables

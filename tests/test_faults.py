@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from pipeline import metrics
@@ -17,9 +18,23 @@ from pipeline.tools.generate import GeneratorConfig, generate, write
 from pipeline.tools.reconcile import Report, Truth, check_invariants, check_truth, fetch_tables
 from tests.faults import FaultPlan, FaultyWarehouseFactory
 from tests.helpers import read_tables, run_lines
-from tests.warehouses import WAREHOUSES, another_run, command_line_warehouse
+from tests.warehouses import WAREHOUSES, EmulatorWarehouse, another_run, command_line_warehouse
 
-FAULTS = ["before_merge", "after_staging", "after_merge", "dead_letters_before"]
+# Each warehouse's faults, by its design: BigQuery merges each batch as it comes; DuckDB stages
+# appends and merges them in cycles (``after_staging`` fails a ledger MERGE in either).
+FAULTS = {
+    "bigquery": ["before_merge", "after_staging", "after_merge", "dead_letters_before"],
+    "duckdb": [
+        "before_stage",
+        "after_stage",
+        "before_cycle",
+        "after_staging",
+        "after_cycle",
+        "dead_letters_before",
+    ],
+}
+BEFORE_WRITE = {"bigquery": "before_merge", "duckdb": "before_stage"}
+AFTER_COMMIT = {"bigquery": "after_merge", "duckdb": "after_cycle"}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +56,15 @@ def _exact(factory: WarehouseFactory, truth: Truth) -> list[str]:
         warehouse.close()
 
 
-@pytest.mark.parametrize("fault", FAULTS)
+def _kind(warehouse: WarehouseFactory) -> str:
+    return "bigquery" if isinstance(warehouse, EmulatorWarehouse) else "duckdb"
+
+
+@pytest.mark.parametrize(
+    ("warehouse", "fault"),
+    [(kind, fault) for kind in WAREHOUSES for fault in FAULTS[kind]],
+    indirect=["warehouse"],
+)
 def test_transient_faults_are_retried_in_place_and_end_exact(
     dataset: tuple[list[bytes], Truth], warehouse: WarehouseFactory, tmp_path: Path, fault: str
 ) -> None:
@@ -57,11 +80,12 @@ def test_a_failure_after_commit_fails_loudly_and_the_same_run_again_is_exact(
     dataset: tuple[list[bytes], Truth], warehouse: WarehouseFactory, tmp_path: Path
 ) -> None:
     lines, truth = dataset
-    plan = FaultPlan(str(tmp_path / "faults.json")).arm("after_merge", times=1)
-    with pytest.raises(Exception, match="after_merge"):
+    fault = AFTER_COMMIT[_kind(warehouse)]
+    plan = FaultPlan(str(tmp_path / "faults.json")).arm(fault, times=1)
+    with pytest.raises(Exception, match=fault):
         run_lines(lines, FaultyWarehouseFactory(warehouse, plan, transient=False))
-    assert plan.fired("after_merge") == 1
-    assert read_tables(warehouse)["transaction_events"], "the failing batch had committed"
+    assert plan.fired(fault) == 1
+    assert read_tables(warehouse)["transaction_events"], "the failing merge had committed"
     run_lines(lines, warehouse)  # the operator runs the same command again
     assert _exact(warehouse, truth) == []
 
@@ -70,12 +94,13 @@ def test_an_unreachable_warehouse_is_retried_then_fails_loudly_then_recovers(
     dataset: tuple[list[bytes], Truth], warehouse: WarehouseFactory, tmp_path: Path
 ) -> None:
     lines, truth = dataset
-    plan = FaultPlan(str(tmp_path / "faults.json")).arm("before_merge", times=1000)
-    with pytest.raises(Exception, match="before_merge"):
+    fault = BEFORE_WRITE[_kind(warehouse)]
+    plan = FaultPlan(str(tmp_path / "faults.json")).arm(fault, times=1000)
+    with pytest.raises(Exception, match=fault):
         run_lines(lines, FaultyWarehouseFactory(warehouse, plan), merge_retries=2)
-    assert plan.fired("before_merge") == 3  # the first try and two retries, with backoff
+    assert plan.fired(fault) == 3  # the first try and two retries, with backoff
     assert read_tables(warehouse)["transaction_events"] == []  # failed loudly, wrote nothing
-    plan.arm("before_merge", times=4)  # down for a while, then back within the retries
+    plan.arm(fault, times=4)  # down for a while, then back within the retries
     run_lines(lines, FaultyWarehouseFactory(warehouse, plan), merge_retries=5)
     assert _exact(warehouse, truth) == []
 
@@ -101,17 +126,25 @@ def test_a_batch_run_killed_mid_way_then_run_again_is_exact(
     process = subprocess.Popen(
         _cli(files, url, "--log_level=INFO"), stderr=subprocess.PIPE, text=True, env=environment
     )
-    merged = 0
+    # Killed after the third committed write: a merged batch, or (DuckDB) a staged append, so
+    # the run dies with rows staged and none merged (its merge cycle comes at the end).
+    written = 0
     assert process.stderr is not None
     for line in process.stderr:
-        merged += "Merged a batch" in line
-        if merged == 3:
+        written += "Merged a batch" in line or "Staged a batch" in line
+        if written == 3:
             process.kill()  # SIGKILL: no cleanup, a batch may be half-way
             break
     process.wait()
-    assert merged == 3, "the run ended before it could be killed mid-way"
+    assert written == 3, "the run ended before it could be killed mid-way"
     partial = read_tables(factory)["transaction_events"]
-    assert 0 < len(partial) < len(truth.versions)
+    if kind == "duckdb":
+        assert partial == [], "killed before its merge cycle"
+        with duckdb.connect(url.removeprefix("duckdb:")) as con:
+            (staged,) = con.execute("SELECT count(*) FROM staged_events").fetchone() or (0,)
+        assert 0 < staged < len(lines), "killed mid-way through staging"
+    else:
+        assert 0 < len(partial) < len(truth.versions)
 
     again = subprocess.run(
         _cli(files, url), capture_output=True, text=True, check=False, env=environment

@@ -9,15 +9,19 @@ Both were stateless, so no state was mapped by them."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.pipeline import AppliedPTransform, PipelineVisitor
 
 from pipeline.run import build_pipeline
+from pipeline.sinks.bigquery import BigQueryWarehouse
+from pipeline.sinks.warehouse import WarehouseFactory
 from tests.helpers import pipeline_options
 from tests.warehouses import duckdb_factory
 
+# The warehouses that merge each batch as it comes (BigQuery).
 BOUNDED = [
     "ReadEvents",
     "ReadEvents/ReadLines",
@@ -37,6 +41,17 @@ BOUNDED = [
     "MergeDeadLetters/MergeBatches",
 ]
 
+# The warehouses written by staged appends and merge cycles (DuckDB): the ledger's sink differs.
+_BATCH_SINK = ["MergeLedger/BatchByEventDay", "MergeLedger/MergeBatches"]
+_STAGED_SINK = [
+    "MergeLedger/BatchForStaging",
+    "MergeLedger/AppendToStaging",
+    "MergeLedger/CountStaged",
+    "MergeLedger/MergeCycle",
+]
+_SINK_AT = BOUNDED.index(_BATCH_SINK[0])
+BOUNDED_STAGED = [*BOUNDED[:_SINK_AT], *_STAGED_SINK, *BOUNDED[_SINK_AT + len(_BATCH_SINK) :]]
+
 # Streaming replaces the GroupByKey dedup by the stateful one (its state is keyed by this label).
 STREAMING_STATEFUL = ["DedupByEventId/FirstVersionPerEventId"]
 BOUNDED_ONLY = ("DedupByEventId/GroupVersionsByEventId", "DedupByEventId/ChooseVersion")
@@ -54,7 +69,14 @@ class _Labels(PipelineVisitor):
             self.labels.append(node.full_label)
 
 
-def _labels(folder: Path, streaming: bool = False, depth: int = 1) -> list[str]:
+def _batches_factory(folder: Path) -> WarehouseFactory:
+    """A BigQuery warehouse: building the graph connects to nothing."""
+    return functools.partial(BigQueryWarehouse, "local-project", "events")
+
+
+def _labels(
+    folder: Path, streaming: bool = False, depth: int = 1, staged: bool = False
+) -> list[str]:
     (folder / "a.jsonl").write_text("")
     source = (
         {"input_subscription": "projects/local-project/subscriptions/events", "streaming": True}
@@ -63,7 +85,8 @@ def _labels(folder: Path, streaming: bool = False, depth: int = 1) -> list[str]:
     )
     opts = pipeline_options(**source)
     pipeline = beam.Pipeline(options=opts)
-    build_pipeline(pipeline, opts, warehouse=duckdb_factory(str(folder / "w.duckdb")))
+    factory = duckdb_factory(str(folder / "w.duckdb")) if staged else _batches_factory(folder)
+    build_pipeline(pipeline, opts, warehouse=factory)
     visitor = _Labels()
     pipeline.visit(visitor)
     return [
@@ -75,12 +98,20 @@ def _labels(folder: Path, streaming: bool = False, depth: int = 1) -> list[str]:
 
 def test_bounded_pipeline_labels_are_pinned(tmp_path: Path) -> None:
     assert _labels(tmp_path) == BOUNDED
+    assert _labels(tmp_path, staged=True) == BOUNDED_STAGED
+
+
+def _streaming(bounded: list[str]) -> list[str]:
+    expected = [label for label in bounded if label not in ("ReadEvents/ReadLines", *BOUNDED_ONLY)]
+    expected[1:1] = ["ReadEvents/ReadMessages", "ReadEvents/NoteArrival"]
+    expected.insert(expected.index("DedupByEventId/KeyByEventId") + 1, STREAMING_STATEFUL[0])
+    return expected
 
 
 def test_streaming_pipeline_labels_are_pinned(tmp_path: Path) -> None:
-    expected = [label for label in BOUNDED if label not in ("ReadEvents/ReadLines", *BOUNDED_ONLY)]
-    expected[1:1] = ["ReadEvents/ReadMessages", "ReadEvents/NoteArrival"]
-    expected.insert(expected.index("DedupByEventId/KeyByEventId") + 1, STREAMING_STATEFUL[0])
-    assert _labels(tmp_path, streaming=True) == expected
+    assert _labels(tmp_path, streaming=True) == _streaming(BOUNDED)
     # The sink's batching state in streaming:
     assert "MergeLedger/BatchByEventDay/GroupIntoBatches" in _labels(tmp_path, True, depth=2)
+    staged = _streaming(BOUNDED_STAGED)
+    staged.insert(staged.index("MergeLedger/CountStaged"), "MergeLedger/EveryInterval")
+    assert _labels(tmp_path, streaming=True, staged=True) == staged

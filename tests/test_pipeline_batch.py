@@ -13,7 +13,7 @@ from pipeline.sinks.warehouse import WarehouseFactory
 from pipeline.tools.generate import GeneratorConfig, generate
 from pipeline.tools.reconcile import Report, Truth, check_invariants, check_truth, fetch_tables
 from tests.helpers import AUDIT_COLUMNS, read_tables, run_lines
-from tests.warehouses import EmulatorWarehouse, duckdb_factory
+from tests.warehouses import EmulatorWarehouse, batch_merged_duckdb_factory, duckdb_factory
 
 
 def _dataset(events: int = 600, seed: int = 3, **rates: float) -> tuple[list[bytes], Truth]:
@@ -153,6 +153,7 @@ def test_stateful_dedup_with_conflicts_reconciles(tmp_path: Path) -> None:
 
 
 def test_batch_slices_change_the_batches_not_the_tables(tmp_path: Path) -> None:
+    # Slices are the per-batch design's (BigQuery's), run here on DuckDB merged batch by batch.
     # Events over two days with conflicts: slices of a whole day, an hour and five minutes must
     # give identical tables, with one MERGE batch per slice that holds events (batches are
     # large enough never to split a slice), so the option demonstrably reaches the sink. A
@@ -164,7 +165,7 @@ def test_batch_slices_change_the_batches_not_the_tables(tmp_path: Path) -> None:
     times = [v.event_time for versions in truth.versions.values() for v in versions]
     tables = []
     for slice_seconds in (86400, 3600, 300):
-        factory = duckdb_factory(str(tmp_path / f"slice-{slice_seconds}.duckdb"))
+        factory = batch_merged_duckdb_factory(str(tmp_path / f"slice-{slice_seconds}.duckdb"))
         summary = run_lines(
             lines, factory, max_batch_rows=10_000, batch_slice_seconds=slice_seconds
         )

@@ -30,8 +30,7 @@ from apache_beam.transforms.window import TimestampedValue
 
 from pipeline.run import build_pipeline
 from pipeline.sinks.warehouse import MergeOutcome, WarehouseFactory
-from pipeline.tools.reconcile import Report, check_invariants
-from tests.helpers import event_line, pipeline_options, read_tables, utc
+from tests.helpers import assert_exact, event_line, pipeline_options, utc
 
 T0 = utc("2026-01-01T00:00:00Z").timestamp()
 
@@ -91,15 +90,6 @@ def finish(stream: TestStream) -> TestStream:
     return stream.advance_processing_time(
         int(time.time()) + 10 * 3600
     ).advance_watermark_to_infinity()
-
-
-def assert_exact(factory: WarehouseFactory, event_ids: Sequence[str]) -> dict[str, list[dict]]:
-    tables = read_tables(factory)
-    assert sorted(r["event_id"] for r in tables["transaction_events"]) == sorted(event_ids)
-    report = Report()
-    check_invariants(tables, report)
-    assert report.problems == []
-    return tables
 
 
 def test_duplicates_in_other_windows_are_dropped(duckdb_warehouse: WarehouseFactory) -> None:

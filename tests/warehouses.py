@@ -73,6 +73,17 @@ def duckdb_factory(path: str) -> WarehouseFactory:
     return functools.partial(DuckDBWarehouse, path)
 
 
+class BatchMergedDuckDB(DuckDBWarehouse):
+    """DuckDB written as BigQuery is, each batch merged as it comes (``UpsertLedger``), so the
+    per-batch design's Beam side runs in the fast tests too."""
+
+    stages = False
+
+
+def batch_merged_duckdb_factory(path: str) -> WarehouseFactory:
+    return functools.partial(BatchMergedDuckDB, path)
+
+
 def fresh_bigquery(
     bigquery_rules: ProductionBigQuery, project: str = DEFAULT_PROJECT, tables: bool = True
 ) -> EmulatorWarehouse:

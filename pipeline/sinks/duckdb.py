@@ -1,8 +1,15 @@
 """DuckDB: the embedded warehouse for local runs and tests, with the same semantics as BigQuery.
 
-Each batch is one transaction: stage the batch in bulk (an Arrow table, no row-by-row INSERT),
-then one MERGE per table. Values reach DuckDB only as staged data or bound parameters;
-identifiers come from :mod:`pipeline.tables` and are validated there.
+Written by staged appends and merge cycles (``stages``): workers append their rows in bulk (an
+Arrow table, no row-by-row INSERT) to ``staged_events``; a merge cycle takes what is staged when
+it starts and merges each UTC day of it as one batch, then deletes exactly the rows it took.
+A batch (a day of a cycle, or one given to ``merge_events``) is one transaction of set-based
+statements: its distinct versions and their primary (``_STAGE_VERSIONS_SQL``), one MERGE per
+table, and the versions that differ from what the ledger then holds, the only rows read back
+into Python (as conflict dead letters). These are the rules of :mod:`pipeline.sinks.ledger_rules`
+written in SQL; the warehouse contract tests hold both warehouses to them. Values reach DuckDB
+only as staged data or bound parameters; identifiers come from :mod:`pipeline.tables` and are
+validated there.
 
 Flat cost, and why it is safe. The ledger MERGE matches ``event_id`` only within the batch's
 event-time range, so DuckDB scans the row groups of that range instead of the whole table (the
@@ -21,6 +28,8 @@ only sit at its window_start.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import logging
 import os
 import re
 import threading
@@ -31,7 +40,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from pipeline.dead_letters import DeadLetter
+from pipeline.dead_letters import DeadLetter, conflict_dead_letter
 from pipeline.events import (
     AMOUNT_SCALE,
     CONTRACT_FIELDS,
@@ -54,6 +63,8 @@ from pipeline.tables import (
     validate_identifier,
 )
 
+_LOG = logging.getLogger(__name__)
+
 _DUCKDB_TYPES = {
     "STRING": "VARCHAR",
     "NUMERIC": "DECIMAL(38, 9)",
@@ -72,6 +83,12 @@ _ARROW_TYPES = {
 }
 
 _EVENT_COLUMNS = CONTRACT_FIELDS  # the ledger's columns are the contract's fields
+_DUCKDB_TYPE_OF = {
+    **{c.name: _DUCKDB_TYPES[c.type] for c in TRANSACTION_EVENTS.columns},
+    "window_start": _DUCKDB_TYPES["TIMESTAMP"],
+    "window_end": _DUCKDB_TYPES["TIMESTAMP"],
+    "is_primary": _DUCKDB_TYPES["BOOL"],
+}
 _STAGE_EVENTS_SCHEMA = pa.schema(
     [
         *(
@@ -148,6 +165,51 @@ def create_table_sql(table: Table) -> str:
     )
 
 
+# Staged appends (``stage_events``) wait here for the next merge cycle (``merge_staged``). A
+# sequence number tells the rows one cycle took from rows staged while it ran.
+STAGED_EVENTS = "staged_events"
+_STAGED_COLUMNS = ", ".join(_STAGE_EVENTS_SCHEMA.names)
+_CREATE_STAGED_SQL = (
+    f"CREATE SEQUENCE IF NOT EXISTS {STAGED_EVENTS}_seq;"
+    f" CREATE TABLE IF NOT EXISTS {STAGED_EVENTS} ("
+    f"staged_seq BIGINT NOT NULL DEFAULT nextval('{STAGED_EVENTS}_seq'), "
+    + ", ".join(f"{field.name} {_DUCKDB_TYPE_OF[field.name]}" for field in _STAGE_EVENTS_SCHEMA)
+    + ")"
+)
+
+# A cycle's rows: what staging holds when it starts, with the UTC day of each row's event time.
+# Each day is merged as one batch, so each MERGE's time range stays within a day.
+_CYCLE_SQL = f"""
+    CREATE OR REPLACE TEMP TABLE merge_cycle AS
+    SELECT *, CAST(timezone('UTC', event_time) AS DATE) AS day FROM {STAGED_EVENTS}
+    ORDER BY day, event_time, event_id
+"""
+
+# A batch's distinct versions, from its staged rows (``stage_rows``: a batch's candidates, or a
+# day of a merge cycle), with how many copies of each arrived. A version is primary when any of
+# its copies is; of several primary versions of one event_id (possible when dedup state expired
+# between them) only the first in ``version_order`` (pipeline/events.py) stays primary. Two rows
+# of a MERGE's source then never match one target row. In event-time order, as the ledger is
+# appended to.
+_VERSION_ORDER = "event_time, transaction_id, account_id, amount, currency, status"
+_EVENT_FIELD_LIST = ", ".join(_EVENT_COLUMNS)
+_STAGE_VERSIONS_SQL = f"""
+    CREATE OR REPLACE TEMP TABLE stage_events AS
+    WITH versions AS (
+        SELECT {_EVENT_FIELD_LIST}, bool_or(is_primary) AS is_primary,
+               min(window_start) AS window_start, min(window_end) AS window_end,
+               count(*) AS copies
+        FROM stage_rows GROUP BY {_EVENT_FIELD_LIST}
+    )
+    SELECT {_EVENT_FIELD_LIST},
+           is_primary AND row_number() OVER (
+               PARTITION BY event_id ORDER BY is_primary DESC, {_VERSION_ORDER}) = 1 AS is_primary,
+           window_start, window_end, copies
+    FROM versions
+    ORDER BY event_time, event_id  -- the ledger grows in time order: see "Flat cost" above
+"""
+
+
 def _range(restricted: bool, column: str, low: str, high: str) -> str:
     return f" AND {column} BETWEEN {low} AND {high}" if restricted else ""
 
@@ -163,19 +225,46 @@ def _ledger_merge_sql(restricted: bool) -> str:
     """
 
 
-# Read as a naive UTC TIMESTAMP: the Python client converts a TIMESTAMPTZ through a time zone
-# lookup per value, ten times slower (about 3 against 0.3 microseconds, measured on 5,000 rows),
-# and a replayed batch reads every one of its rows here.
-_LEDGER_READ_COLUMNS = ", ".join(
-    f"timezone('UTC', {c})" if c == "event_time" else c for c in _EVENT_COLUMNS
+def _read_columns(alias: str) -> str:
+    """An event's columns as Python reads them: event_time as a naive UTC TIMESTAMP, since the
+    client converts a TIMESTAMPTZ through a time zone lookup per value, ten times slower."""
+    return ", ".join(
+        f"timezone('UTC', {alias}.{c})" if c == "event_time" else f"{alias}.{c}"
+        for c in _EVENT_COLUMNS
+    )
+
+
+# The ids of a batch with no primary version: their ledger row, if any, may lie anywhere.
+_WITHOUT_PRIMARY_SQL = (
+    "SELECT event_id FROM stage_events GROUP BY event_id HAVING NOT bool_or(is_primary)"
 )
 
 
-def _ledger_versions_sql(restricted: bool, ids_from: str) -> str:
-    return f"""
-        SELECT {_LEDGER_READ_COLUMNS} FROM {TRANSACTION_EVENTS.name}
-        WHERE event_id IN (SELECT event_id FROM {ids_from})
+def _conflicts_sql(restricted: bool, outside: bool) -> str:
+    """The batch's versions that differ from the version the ledger holds for their id once the
+    insert ran, or whose id it does not hold, beside the held version. Restricted, the ledger is
+    read within the batch's range, where every id with a primary in the batch now has its row
+    (had it one outside, the insert would have broken the key); ``outside``: and beyond it for
+    the ids ``$outside``, those without a primary (rare: a conflicting version whose primary
+    came in another batch), so that the common batch never reads beyond its range."""
+    ledger = f"""
+        SELECT {_EVENT_FIELD_LIST} FROM {TRANSACTION_EVENTS.name}
+        WHERE event_id IN (SELECT event_id FROM stage_events)
         {_range(restricted, "event_time", "$lo", "$hi")}
+    """
+    if restricted and outside:
+        ledger += f"""
+        UNION ALL
+        SELECT {_EVENT_FIELD_LIST} FROM {TRANSACTION_EVENTS.name}
+        WHERE event_id IN (SELECT unnest($outside)) AND event_time NOT BETWEEN $lo AND $hi
+        """
+    differs = " OR ".join(
+        f"s.{c} IS DISTINCT FROM l.{c}" for c in _EVENT_COLUMNS if c != "event_id"
+    )
+    return f"""
+        SELECT {_read_columns("s")}, s.is_primary, l.event_id IS NOT NULL, {_read_columns("l")}
+        FROM stage_events AS s LEFT JOIN ({ledger}) AS l ON l.event_id = s.event_id
+        WHERE l.event_id IS NULL OR {differs}
     """
 
 
@@ -342,14 +431,30 @@ _EVENT_TIME = _EVENT_COLUMNS.index("event_time")
 
 
 def _stored_event(row: tuple[Any, ...]) -> Event:
-    """A row of _LEDGER_READ_COLUMNS (event_time naive, in UTC) as an Event."""
+    """A row of ``_read_columns`` (event_time naive, in UTC) as an Event."""
     values = list(row)
     values[_EVENT_TIME] = values[_EVENT_TIME].replace(tzinfo=dt.UTC)
     return Event(*values)
 
 
+_FIELDS = len(_EVENT_COLUMNS)
+
+
+def _conflict(row: tuple[Any, ...]) -> DeadLetter:
+    """A row of ``_conflicts_sql`` as its dead letter. A primary whose id the ledger does not
+    hold after the insert cannot happen (the insert adds every absent id's primary): fail
+    loudly, never guess."""
+    version = _stored_event(row[:_FIELDS])
+    primary, held = row[_FIELDS], row[_FIELDS + 1]
+    if primary and not held:
+        raise RuntimeError(f"the ledger MERGE did not insert event {version.event_id!r}")
+    return conflict_dead_letter(version, _stored_event(row[_FIELDS + 2 :]) if held else None)
+
+
 class DuckDBWarehouse(Warehouse):
     """The four tables in one DuckDB file; every batch in one transaction."""
+
+    stages = True
 
     def __init__(
         self,
@@ -393,73 +498,124 @@ class DuckDBWarehouse(Warehouse):
         with _CREATE_LOCK:
             for table in ALL_TABLES:
                 self.connection.execute(create_table_sql(table))
+            self.connection.execute(_CREATE_STAGED_SQL)
+
+    # --- staged appends and merge cycles --------------------------------------------------------
+
+    def stage_events(self, batch: Sequence[LedgerCandidate]) -> None:
+        if not batch:
+            return
+        con = self.connection
+        con.register("staged_arrow", stage_events_table(batch))
+        try:
+            con.execute(
+                f"INSERT INTO {STAGED_EVENTS} ({_STAGED_COLUMNS})"
+                f" SELECT {_STAGED_COLUMNS} FROM staged_arrow"
+            )
+        finally:
+            con.unregister("staged_arrow")
+
+    def merge_staged(self) -> MergeOutcome:
+        con = self.connection
+        # A snapshot of what is committed now: rows staged from here on wait for the next cycle.
+        con.execute(_CYCLE_SQL)
+        try:
+            outcome = MergeOutcome()
+            days = con.execute("SELECT DISTINCT day FROM merge_cycle ORDER BY day").fetchall()
+            for (day,) in days:
+                merged = self._merge_with_fallbacks(functools.partial(self._stage_day, day))
+                _LOG.info("Merged %s of a cycle: %d inserted", day, merged.inserted)
+                outcome += merged
+            # Merged (each day committed): out of staging. Only the rows this cycle took.
+            con.execute(
+                f"DELETE FROM {STAGED_EVENTS}"
+                " WHERE staged_seq IN (SELECT staged_seq FROM merge_cycle)"
+            )
+        finally:
+            con.execute("DROP TABLE IF EXISTS merge_cycle")
+        _LOG.info("Merged a cycle of %d days: %d inserted", len(days), outcome.inserted)
+        return outcome
+
+    def _stage_day(self, day: dt.date) -> None:
+        self.connection.execute(
+            "CREATE OR REPLACE TEMP TABLE stage_rows AS"
+            f" SELECT {_STAGED_COLUMNS} FROM merge_cycle WHERE day = $day",
+            {"day": day},
+        )
 
     # --- events ------------------------------------------------------------------------------
 
     def merge_events(self, batch: Sequence[LedgerCandidate]) -> MergeOutcome:
-        prepared = ledger_rules.prepare(batch)
-        if not prepared.candidates:
+        if not batch:
             return MergeOutcome()
+        return self._merge_with_fallbacks(
+            lambda: self._register_temp("stage_rows", stage_events_table(batch))
+        )
+
+    def _merge_with_fallbacks(self, stage: Callable[[], object]) -> MergeOutcome:
+        """Merge the rows ``stage`` puts in ``stage_rows``: restricted to their time range, and
+        again wider where a key says a row lies outside it (the module docstring)."""
         try:
-            return self._merge_events(prepared, restricted=True, keyed=False)
+            return self._merge(stage, restricted=True, keyed=False)
         except _TransactionOutsideLookback:
             pass  # merged again below, its transactions through the key (TRANSACTION_LOOKBACK)
         except duckdb.ConstraintException:
             # A version stored outside the restricted range exists: see the module docstring.
-            return self._merge_events(prepared, restricted=False, keyed=True)
+            return self._merge(stage, restricted=False, keyed=True)
         try:
-            return self._merge_events(prepared, restricted=True, keyed=True)
+            return self._merge(stage, restricted=True, keyed=True)
         except duckdb.ConstraintException:
             # The ledger's key, as above (a concurrent writer between the two attempts).
-            return self._merge_events(prepared, restricted=False, keyed=True)
+            return self._merge(stage, restricted=False, keyed=True)
 
-    def _merge_events(
-        self, prepared: ledger_rules.PreparedBatch, restricted: bool, keyed: bool
-    ) -> MergeOutcome:
-        candidates = prepared.candidates
+    def _merge(self, stage: Callable[[], object], restricted: bool, keyed: bool) -> MergeOutcome:
+        """One transaction: the staged rows' distinct versions, the ledger's insert, conflicts
+        dead-lettered, transactions and window totals; set-based, so only conflicting versions
+        come back to Python."""
         con = self.connection
-        times = [c.event.event_time for c in candidates]
-        values: dict[str, Any] = {
-            "lo": min(times),
-            "hi": max(times),
-            "wlo": min(c.window_start for c in candidates),
-            "whi": max(c.window_end for c in candidates),
-            "lookback": TRANSACTION_LOOKBACK,
-            "now": dt.datetime.now(dt.UTC),
-        }
-
-        def run(sql: str) -> int:
-            return _count(con.execute(sql, _bind(sql, values)))
-
         con.execute("BEGIN TRANSACTION")
         try:
-            self._stage_events(candidates)
-            stored = self._stored_versions(candidates, restricted, values)
+            stage()
+            con.execute(_STAGE_VERSIONS_SQL)
+            bounds = con.execute(
+                "SELECT min(event_time), max(event_time), min(window_start), max(window_end),"
+                " sum(copies) FROM stage_events"
+            ).fetchone()
+            assert bounds is not None
+            lo, hi, wlo, whi, rows = bounds
+            if not rows:
+                con.execute("ROLLBACK")
+                return MergeOutcome()
+            values: dict[str, Any] = {
+                "lo": lo,
+                "hi": hi,
+                "wlo": wlo,
+                "whi": whi,
+                "lookback": TRANSACTION_LOOKBACK,
+                "now": dt.datetime.now(dt.UTC),
+            }
+
+            def run(sql: str) -> int:
+                return _count(con.execute(sql, _bind(sql, values)))
+
             inserted = run(_ledger_merge_sql(restricted))
-            held = ledger_rules.held_after_insert(candidates, stored)
-            absent = len(held) - len(stored)
-            if inserted != absent:
-                # Only a bug can get here: the PRIMARY KEY and this transaction's snapshot make
-                # the insert add exactly the absent ids' primaries. Fail loudly, never guess.
-                raise RuntimeError(
-                    f"the ledger MERGE inserted {inserted} rows"
-                    f" where {absent} event ids were absent"
-                )
-            judgement = ledger_rules.judge(candidates, held)
-            dead_letters = self._insert_dead_letters(list(judgement.conflicts))
+            values["outside"] = [row[0] for row in con.execute(_WITHOUT_PRIMARY_SQL).fetchall()]
+            sql = _conflicts_sql(restricted, bool(values["outside"]))
+            conflicts = [_conflict(row) for row in con.execute(sql, _bind(sql, values)).fetchall()]
+            dead_letters = self._insert_dead_letters(conflicts)
             transactions = self._write_transactions(run, restricted, keyed)
             self._stage_totals(_bind(_WINDOW_SUMS_SQL, values))
             windows = run(_TOTALS_MERGE_SQL)
-            con.execute("DROP TABLE stage_events")
-            con.execute("DROP TABLE stage_totals")
+            for table in ("stage_rows", "stage_events", "stage_totals"):
+                con.execute(f"DROP TABLE {table}")
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
         return MergeOutcome(
             inserted=inserted,
-            duplicates=judgement.landed - inserted + prepared.copies_removed,
-            conflicts=len(judgement.conflicts),
+            duplicates=int(rows) - inserted - len(conflicts),
+            conflicts=len(conflicts),
             transactions_upserted=transactions,
             windows_upserted=windows,
             dead_letters_inserted=dead_letters,
@@ -475,9 +631,6 @@ class DuckDBWarehouse(Warehouse):
         except duckdb.ConstraintException as error:
             # Only the key can trip here: a transaction's row outside the MERGE's range.
             raise _TransactionOutsideLookback(str(error)) from error
-
-    def _stage_events(self, candidates: Sequence[LedgerCandidate]) -> None:
-        self._register_temp("stage_events", stage_events_table(candidates))
 
     def _stage_totals(self, params: dict[str, Any]) -> None:
         con = self.connection
@@ -511,38 +664,6 @@ class DuckDBWarehouse(Warehouse):
             )
         finally:
             self.connection.unregister(f"{name}_arrow")
-
-    def _stored_versions(
-        self, candidates: Sequence[LedgerCandidate], restricted: bool, params: dict[str, Any]
-    ) -> dict[str, Event]:
-        """The versions the ledger holds for the batch's ids *before* its insert.
-
-        Read before rather than after: in the common batch every id is new, so nothing comes
-        back, where a read after the insert would fetch every row just written (the largest
-        Python cost of a batch, BENCHMARKS.md). What the insert adds is known without reading
-        it: each absent id's primary (ledger_rules.held_after_insert).
-        """
-        sql = _ledger_versions_sql(restricted, "stage_events")
-        rows = self.connection.execute(sql, _bind(sql, params)).fetchall()
-        stored = {row[0]: _stored_event(row) for row in rows}
-        if restricted:
-            # An id with a primary in the batch cannot be stored outside the range unnoticed: its
-            # insert would break the PRIMARY KEY (module docstring). An id with only non-primary
-            # versions inserts nothing, so its stored version, which the conflict dead letter
-            # compares with, is looked up without the restriction.
-            primaries = {c.event.event_id for c in candidates if c.primary}
-            missing = {
-                c.event.event_id
-                for c in candidates
-                if c.event.event_id not in primaries and c.event.event_id not in stored
-            }
-            if missing:
-                more = self.connection.execute(
-                    _ledger_versions_sql(False, "(SELECT unnest($ids) AS event_id)"),
-                    {"ids": sorted(missing)},
-                ).fetchall()
-                stored.update({row[0]: _stored_event(row) for row in more})
-        return stored
 
     # --- dead letters ------------------------------------------------------------------------
 

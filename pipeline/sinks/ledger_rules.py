@@ -2,8 +2,10 @@
 
 A warehouse stages a batch, inserts the chosen versions whose event_id is absent, and hands what
 its ledger then holds for the batch's ids to :func:`judge`: read back after the insert, or derived
-from what it held before (:func:`held_after_insert`). Keeping these rules in Python, out of each
-warehouse's SQL, means DuckDB and BigQuery cannot drift apart.
+from what it held before (:func:`held_after_insert`). BigQuery applies them in Python, per batch.
+DuckDB, whose merge cycles are set-based, writes the same rules in SQL (pipeline/sinks/duckdb.py);
+the warehouse contract tests (tests/sinks/test_warehouse_contract.py) run on both, so the two
+cannot drift apart unnoticed.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pipeline.dead_letters import DeadLetter, conflict_dead_letter
-from pipeline.events import Event, LedgerCandidate, to_micros
+from pipeline.events import Event, LedgerCandidate, version_order
 
 
 @dataclass(frozen=True)
@@ -21,10 +23,6 @@ class PreparedBatch:
 
     candidates: tuple[LedgerCandidate, ...]
     copies_removed: int  # identical versions that reached the sink more than once
-
-
-def _order(event: Event) -> tuple[int, str]:
-    return to_micros(event.event_time), event.to_json()
 
 
 def prepare(batch: Iterable[LedgerCandidate]) -> PreparedBatch:
@@ -57,7 +55,7 @@ def prepare(batch: Iterable[LedgerCandidate]) -> PreparedBatch:
             prepared.append(same_id[0])  # its verdict stands
             continue
         primaries = [candidate.event for candidate in same_id if candidate.primary]
-        first = min(primaries, key=_order) if primaries else None
+        first = min(primaries, key=version_order) if primaries else None
         for candidate in same_id:
             primary = candidate.event is first
             prepared.append(

@@ -1,4 +1,10 @@
-"""The MERGE upsert sink: batch, then merge each batch through the warehouse seam.
+"""The MERGE upsert sinks: two designs over the warehouse seam, with the same guarantees.
+
+* :class:`StageAndMergeLedger` (warehouses that set ``Warehouse.stages``: DuckDB): rows are
+  appended to the warehouse's staging table in parallel, per bundle, and merge cycles merge what
+  is staged, set-based, every ``merge_interval_seconds`` and when the input ends. No key, no
+  sort in a worker's memory, one set of statements per cycle.
+* :class:`UpsertLedger` (BigQuery, until it stages too): batches merged as they come, below.
 
 Batches are keyed by event time (arrival time, for dead letters) and never span two UTC days, so
 a batch touches one partition and its MERGE can be restricted to it.
@@ -16,10 +22,11 @@ a batch touches one partition and its MERGE can be restricted to it.
   so no slicing is needed; one key per day keeps the MERGEs of a day in one queue (README, DML
   quota).
 
-Streaming progress: with a :class:`Checkpointing`, each committed batch settles the source
-positions (Pub/Sub publish times) of its rows in the run's progress, and the oldest position not
-yet safely committed, minus a margin, is written to the warehouse as the replay checkpoint
-(pipeline/progress.py explains why and when this applies).
+Streaming progress: with a :class:`Checkpointing`, each committed batch (or staged append: staged
+rows are durable, and a later cycle merges them) settles the source positions (Pub/Sub publish
+times) of its rows in the run's progress, and the oldest position not yet safely committed,
+minus a margin, is written to the warehouse as the replay checkpoint (pipeline/progress.py
+explains why and when this applies).
 
 Failure: a transient warehouse error is retried with exponential backoff (Beam's
 ``retry.with_exponential_backoff``); when retries run out, or for any other error, the DoFn
@@ -38,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import apache_beam as beam
+from apache_beam.transforms import trigger, window
 from apache_beam.utils import retry
 
 from pipeline import metrics
@@ -175,6 +183,10 @@ class _WarehouseDoFn(beam.DoFn):
             self._warehouse.close()
             self._warehouse = None
 
+    def _count_outcome(self, outcome: MergeOutcome) -> None:
+        for name, value in metrics.outcome_counts(outcome).items():
+            self._counters.inc(name, value)
+
     def _with_retries(self, call: Callable[[], T]) -> T:
         warehouse = self._writer()
 
@@ -197,19 +209,45 @@ class MergeEventBatchesFn(_WarehouseDoFn):
         batch: Sequence[LedgerCandidate] = list(rows)
         warehouse = self._writer()
         outcome = self._with_retries(lambda: warehouse.merge_events(batch))
-        count = self._counters.inc
-        count(metrics.MERGE_BATCHES)
-        count(metrics.LEDGER_INSERTED, outcome.inserted)
-        count(metrics.DUPLICATES_WAREHOUSE, outcome.duplicates)
-        count(metrics.CONFLICTS, outcome.conflicts)
-        count(metrics.TRANSACTIONS_UPSERTED, outcome.transactions_upserted)
-        count(metrics.WINDOW_TOTALS_UPSERTED, outcome.windows_upserted)
-        count(metrics.DEAD_LETTERS_INSERTED, outcome.dead_letters_inserted)
-        count(metrics.MERGE_FALLBACKS, int(outcome.used_fallback))
+        self._count_outcome(outcome)
+        self._counters.inc(metrics.MERGE_BATCHES)
         self._settle(candidate.source_time for candidate in batch)
         _LOG.info(
             "Merged a batch of %d: %d inserted, %d duplicates, %d conflicts",
             len(batch),
+            outcome.inserted,
+            outcome.duplicates,
+            outcome.conflicts,
+        )
+        yield outcome
+
+
+class StageEventBatchesFn(_WarehouseDoFn):
+    """Appends each batch to the warehouse's staging table; outputs how many rows it staged.
+    A staged row is durable, and the next merge cycle (of this run or of a later one) merges it,
+    so its source position is settled here."""
+
+    def process(self, batch: Sequence[LedgerCandidate]) -> Iterator[int]:
+        warehouse = self._writer()
+        self._with_retries(lambda: warehouse.stage_events(batch))
+        self._counters.inc(metrics.ROWS_STAGED, len(batch))
+        self._settle(candidate.source_time for candidate in batch)
+        _LOG.info("Staged a batch of %d", len(batch))
+        yield len(batch)
+
+
+class MergeCycleFn(_WarehouseDoFn):
+    """One merge cycle per input element: merges whatever is staged when it runs (at least the
+    rows the element counts, which were staged before it was emitted)."""
+
+    def process(self, staged: int) -> Iterator[MergeOutcome]:
+        warehouse = self._writer()
+        outcome = self._with_retries(warehouse.merge_staged)
+        self._count_outcome(outcome)
+        self._counters.inc(metrics.MERGE_CYCLES)
+        _LOG.info(
+            "Merged a cycle (%d rows staged for it): %d inserted, %d duplicates, %d conflicts",
+            staged,
             outcome.inserted,
             outcome.duplicates,
             outcome.conflicts,
@@ -334,6 +372,57 @@ class UpsertLedger(_Upsert):
             | "BatchByEventDay"
             >> BatchByEventDay(self._max_batch_rows, self._flush_seconds, self._slice_seconds)
             | "MergeBatches" >> beam.ParDo(MergeEventBatchesFn(*self._fn_args))
+        )
+
+
+class StageAndMergeLedger(_Upsert):
+    """Ledger candidates appended to the warehouse's staging table in parallel, then merged into
+    transaction_events, transactions and account_window_totals by merge cycles.
+
+    Input: :class:`LedgerCandidate` s in the global window. Output: one :class:`MergeOutcome`
+    per merge cycle. Appends are batches of at most ``max_batch_rows`` of one bundle (Beam's
+    ``BatchElements``): no key, so no worker merges for the others. A merge cycle runs every
+    ``merge_interval_seconds`` of processing time while rows arrive (unbounded input: an early
+    firing of the global window), and once more when the input ends (bounded input: once, after
+    every append; unbounded: at a drain). Each cycle merges what is staged when it runs, by the
+    same rules as :class:`UpsertLedger`, so the guarantees are the same: a row staged twice, or
+    merged twice after a crash, changes nothing. Staging is durable: rows a run staged and did
+    not merge are merged by the next cycle of any later run.
+    """
+
+    def __init__(
+        self,
+        warehouse_factory: WarehouseFactory,
+        *,
+        merge_interval_seconds: int = 60,
+        **kw: Any,
+    ) -> None:
+        super().__init__(warehouse_factory, **kw)
+        if merge_interval_seconds < 1:
+            raise ValueError(
+                f"merge_interval_seconds must be at least 1, got {merge_interval_seconds}"
+            )
+        self._interval = merge_interval_seconds
+
+    def expand(self, candidates: beam.PCollection) -> beam.PCollection:
+        rows = self._max_batch_rows
+        staged = (
+            candidates
+            | "BatchForStaging" >> beam.BatchElements(min_batch_size=rows, max_batch_size=rows)
+            | "AppendToStaging" >> beam.ParDo(StageEventBatchesFn(*self._fn_args))
+        )
+        if not candidates.is_bounded:
+            # The processing-time trigger cannot run on bounded input (Beam's batch runner has no
+            # clock for it), and is not needed there: the default trigger fires once, at the end.
+            staged = staged | "EveryInterval" >> beam.WindowInto(
+                window.GlobalWindows(),
+                trigger=trigger.AfterWatermark(early=trigger.AfterProcessingTime(self._interval)),
+                accumulation_mode=trigger.AccumulationMode.DISCARDING,
+            )
+        return (
+            staged
+            | "CountStaged" >> beam.CombineGlobally(sum).without_defaults()
+            | "MergeCycle" >> beam.ParDo(MergeCycleFn(*self._fn_args))
         )
 
 

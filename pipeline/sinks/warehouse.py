@@ -9,6 +9,7 @@ own connection in ``setup``.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import datetime as dt
 import functools
 import uuid
@@ -35,6 +36,18 @@ class MergeOutcome:
     dead_letters_inserted: int = 0
     used_fallback: bool = False  # the time-restricted MERGE could not be used for this batch
 
+    def __add__(self, other: MergeOutcome) -> MergeOutcome:
+        """The outcome of two batches merged one after the other (a merge cycle's days)."""
+        sums = {
+            f.name: getattr(self, f.name) + getattr(other, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "used_fallback"
+        }
+        return MergeOutcome(
+            **sums,
+            used_fallback=self.used_fallback or other.used_fallback,
+        )
+
 
 class WarehouseSetupError(RuntimeError):
     """The warehouse is not as the pipeline needs it (a dataset missing, a right not granted);
@@ -43,6 +56,11 @@ class WarehouseSetupError(RuntimeError):
 
 class Warehouse(abc.ABC):
     """A place the four tables live in, written only through idempotent MERGEs."""
+
+    # Written by staged appends and merge cycles (pipeline/sinks/upsert.py,
+    # ``StageAndMergeLedger``) when true; otherwise each batch is merged as it comes
+    # (``UpsertLedger``).
+    stages: bool = False
 
     @abc.abstractmethod
     def create_tables(self) -> None:
@@ -53,6 +71,20 @@ class Warehouse(abc.ABC):
         """Stage the batch and MERGE it into transaction_events, transactions and
         account_window_totals (and conflict rows into dead_letters), atomically where the
         warehouse allows. Running it again with the same batch changes nothing."""
+
+    def stage_events(self, batch: Sequence[LedgerCandidate]) -> None:
+        """Append the batch to the warehouse's staging table, for a later :meth:`merge_staged`.
+        Appends may repeat (a retried bundle): the merge makes them idempotent. Only warehouses
+        that set ``stages`` implement it."""
+        raise NotImplementedError(f"{type(self).__name__} merges batches, it does not stage")
+
+    def merge_staged(self) -> MergeOutcome:
+        """Merge every row staged and committed before the call, as :meth:`merge_events` merges
+        a batch (set-based, one UTC day of event time at a time), then remove those rows from
+        staging. A crash in between leaves them staged and the next call merges them again,
+        which changes nothing; rows staged meanwhile wait for the next call. Returns the sum of
+        the days' outcomes."""
+        raise NotImplementedError(f"{type(self).__name__} merges batches, it does not stage")
 
     @abc.abstractmethod
     def merge_dead_letters(self, rows: Sequence[DeadLetter]) -> int:
@@ -93,6 +125,16 @@ def parse_warehouse_url(url: str) -> tuple[str, str]:
 
         parse_dataset(location)
     return kind, location
+
+
+def stages_events(factory: WarehouseFactory) -> bool:
+    """Whether the factory's warehouse is written through staging and merge cycles. Opening a
+    warehouse connects to nothing until it is used."""
+    warehouse = factory()
+    try:
+        return warehouse.stages
+    finally:
+        warehouse.close()
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline import metrics
-from pipeline.events import Event, EventCoder, to_micros
+from pipeline.events import Event, EventCoder, to_micros, version_order
 from pipeline.progress import ProgressHandle
 from pipeline.transforms.windows import in_global_window
 
@@ -115,10 +115,6 @@ class StatefulFirstVersionFn(beam.DoFn):
         versions.clear()
 
 
-def _canonical_order(event: Event) -> tuple[int, str]:
-    return to_micros(event.event_time), event.to_json()
-
-
 class ChooseVersionFn(beam.DoFn):
     """(event_id, all its versions) -> the primary version plus each other distinct version."""
 
@@ -137,7 +133,7 @@ class ChooseVersionFn(beam.DoFn):
             yield _timestamped(distinct.pop(), True)
             return
         self._counters.inc(metrics.CONFLICTING_VERSIONS, len(distinct) - 1)
-        primary, *others = sorted(distinct, key=_canonical_order)
+        primary, *others = sorted(distinct, key=version_order)
         # After a GroupByKey the element timestamp is the window's end; put event time back.
         yield _timestamped(primary, True)
         for other in others:

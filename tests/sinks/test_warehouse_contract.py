@@ -215,6 +215,15 @@ def test_batch_with_two_primaries_for_one_id_lands_the_earliest(wh: Warehouse) -
     assert ledger(wh) == [early]
 
 
+def test_of_two_primaries_at_one_time_the_smaller_amount_lands(wh: Warehouse) -> None:
+    """The tie at one event time is broken field by field (``version_order``), amounts as
+    numbers: 9 before 10, where their text would sort the other way."""
+    nine, ten = event("e1", amount="9"), event("e1", amount="10")
+    outcome = wh.merge_events([cand(ten), cand(nine)])
+    assert (outcome.inserted, outcome.conflicts) == (1, 1)
+    assert ledger(wh) == [nine]
+
+
 def test_a_version_seen_as_a_copy_and_as_the_primary_lands_once(wh: Warehouse) -> None:
     """Whatever the order of the two verdicts, the primary one is kept: dropping it would leave
     the id without a primary in its batch, and the version would be refused as a conflict."""
@@ -294,16 +303,25 @@ class _LedgerChangesBeforeInsert:
         return getattr(self._inner, name)
 
 
-def test_duckdb_fails_a_batch_whose_insert_count_is_not_the_absent_ids(duckdb_path: str) -> None:
-    """DuckDB derives what the ledger holds after the insert from what it held before; if the
-    insert did not add exactly the absent ids, the batch fails loudly and leaves nothing."""
-    _assert_batch_fails_whole(
+def test_duckdb_judges_a_batch_against_the_ledger_its_insert_met(duckdb_path: str) -> None:
+    """DuckDB judges a batch in the same transaction as its insert, against what the ledger then
+    holds, not against an earlier read: another version that landed just before the insert
+    stands, and the batch's version becomes a conflict dead letter."""
+    wh = DuckDBWarehouse(duckdb_path)
+    wh.create_tables()
+    wh.close()
+    landed_first = event("e2", amount="7")
+    faulty = DuckDBWarehouse(
         duckdb_path,
-        lambda path: _LedgerChangesBeforeInsert(duckdb.connect(path), event("e2", amount="7")),
-        [cand(event("e2"))],
-        RuntimeError,
-        match="inserted 0 rows where 1 event ids were absent",
+        connect=lambda path: _LedgerChangesBeforeInsert(duckdb.connect(path), landed_first),  # type: ignore[arg-type, return-value]
     )
+    outcome = faulty.merge_events([cand(event("e2"))])
+    faulty.close()
+    assert (outcome.inserted, outcome.duplicates, outcome.conflicts) == (0, 0, 1)
+    assert ledger(wh) == [landed_first]
+    (dead_letter,) = wh.fetch_rows("dead_letters")
+    assert dead_letter["event_id"] == "e2" and "different amount" in dead_letter["error"]
+    wh.close()
 
 
 @pytest.mark.parametrize("days", [5, 30])
