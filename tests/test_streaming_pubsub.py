@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import duckdb
 import pytest
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
@@ -220,6 +221,42 @@ def test_kill_9_mid_stream_then_the_same_command_is_exact(
     again = _run(subscription, target.url, env=target.environment)
     assert "Replaying" in again.stderr
     assert _reconcile(another_run(target.factory), truth) == []
+
+
+def test_rows_staged_by_a_killed_run_are_merged_by_the_next_one_without_replay(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Staging is durable: a run killed with rows staged and no merge cycle run yet leaves them
+    in staged_events, and the next run merges them, with no replay to bring them again (the
+    DirectRunner acknowledged their messages when it pulled them)."""
+    topic, subscription = _channel(emulator, "staged-crash", ack_deadline=60)
+    lines, _ = _dataset(tmp_path, events=300, seed=25)
+    publish(topic, lines)
+    database = tmp_path / "warehouse.duckdb"
+    process = subprocess.Popen(
+        _command(subscription, database, "--merge_interval_seconds=3600", "--log_level=INFO"),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        _wait_for_lines(process.stderr, "Staged a batch", count=3, timeout=300)
+    finally:
+        process.kill()  # before any merge cycle: the interval is an hour
+        process.wait()
+    with duckdb.connect(str(database)) as con:
+        staged = {row[0] for row in con.execute("SELECT event_id FROM staged_events").fetchall()}
+        (merged,) = con.execute("SELECT count(*) FROM transaction_events").fetchone() or (0,)
+    assert staged and merged == 0
+
+    _run(subscription, database, "--no_replay")
+    with duckdb.connect(str(database)) as con:
+        ledger = {
+            row[0] for row in con.execute("SELECT event_id FROM transaction_events").fetchall()
+        }
+        (left,) = con.execute("SELECT count(*) FROM staged_events").fetchone() or (0,)
+    assert staged <= ledger, f"{len(staged - ledger)} staged events never merged"
+    assert left == 0
 
 
 def _lease_everything(subscription: str, count: int) -> None:
