@@ -60,7 +60,7 @@ emulator: install
 bq-emulator:
 	scripts/bq_emulator/install.sh
 
-# Benchmarks (not part of make test): about 49 minutes on a 2-core machine (BENCHMARKS.md);
+# Benchmarks (not part of make test): about 50 minutes on a 2-core machine (BENCHMARKS.md);
 # BENCH_ARGS=--quick runs the same shape at a tenth of the sizes. Results:
 # build/bench/results.json, BENCHMARKS.md.
 bench: install bq-emulator
