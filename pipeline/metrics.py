@@ -100,6 +100,20 @@ class RunSummary:
     def identical_duplicates(self) -> int:
         return self.get(DUPLICATES_PIPELINE) + self.get(DUPLICATES_WAREHOUSE)
 
+    def _writes(self) -> tuple[str, str]:
+        """How the sink wrote: staged appends and merge cycles, or batches merged as they came
+        (the warehouse's design; pipeline/sinks/upsert.py)."""
+        retries = f"{self.get(MERGE_RETRIES)}, {self.get(MERGE_FALLBACKS)}"
+        if self.get(ROWS_STAGED) or self.get(MERGE_CYCLES):
+            return (
+                "rows staged, merge cycles (retries, unrestricted fallbacks)",
+                f"{self.get(ROWS_STAGED)}, {self.get(MERGE_CYCLES)} ({retries})",
+            )
+        return (
+            "merge batches (retries, unrestricted fallbacks)",
+            f"{self.get(MERGE_BATCHES)} ({retries})",
+        )
+
     def render(self) -> str:
         rows = [
             ("lines read", self.get(LINES_READ)),
@@ -119,12 +133,7 @@ class RunSummary:
             ("rows merged: transactions", self.get(TRANSACTIONS_UPSERTED)),
             ("rows merged: account_window_totals", self.get(WINDOW_TOTALS_UPSERTED)),
             ("rows merged: dead_letters", self.get(DEAD_LETTERS_INSERTED)),
-            ("rows staged, merge cycles", f"{self.get(ROWS_STAGED)}, {self.get(MERGE_CYCLES)}"),
-            (
-                "merge batches (retries, unrestricted fallbacks)",
-                f"{self.get(MERGE_BATCHES)}"
-                f" ({self.get(MERGE_RETRIES)}, {self.get(MERGE_FALLBACKS)})",
-            ),
+            self._writes(),
         ]
         width = max(len(label) for label, _ in rows)
         return "\n".join(
