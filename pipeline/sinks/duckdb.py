@@ -83,6 +83,7 @@ _ARROW_TYPES = {
 }
 
 _EVENT_COLUMNS = CONTRACT_FIELDS  # the ledger's columns are the contract's fields
+_EVENT_FIELD_LIST = ", ".join(_EVENT_COLUMNS)
 _DUCKDB_TYPE_OF = {
     **{c.name: _DUCKDB_TYPES[c.type] for c in TRANSACTION_EVENTS.columns},
     "window_start": _DUCKDB_TYPES["TIMESTAMP"],
@@ -192,7 +193,6 @@ _CYCLE_SQL = f"""
 # of a MERGE's source then never match one target row. In event-time order, as the ledger is
 # appended to.
 _VERSION_ORDER = "event_time, transaction_id, account_id, amount, currency, status"
-_EVENT_FIELD_LIST = ", ".join(_EVENT_COLUMNS)
 _STAGE_VERSIONS_SQL = f"""
     CREATE OR REPLACE TEMP TABLE stage_events AS
     WITH versions AS (
@@ -215,7 +215,7 @@ def _range(restricted: bool, column: str, low: str, high: str) -> str:
 
 
 def _ledger_merge_sql(restricted: bool) -> str:
-    cols = ", ".join(_EVENT_COLUMNS)
+    cols = _EVENT_FIELD_LIST
     return f"""
         MERGE INTO {TRANSACTION_EVENTS.name} AS t
         USING (SELECT {cols} FROM stage_events WHERE is_primary) AS s
@@ -505,15 +505,12 @@ class DuckDBWarehouse(Warehouse):
     def stage_events(self, batch: Sequence[LedgerCandidate]) -> None:
         if not batch:
             return
-        con = self.connection
-        con.register("staged_arrow", stage_events_table(batch))
-        try:
-            con.execute(
-                f"INSERT INTO {STAGED_EVENTS} ({_STAGED_COLUMNS})"
-                f" SELECT {_STAGED_COLUMNS} FROM staged_arrow"
-            )
-        finally:
-            con.unregister("staged_arrow")
+        self._execute_over(
+            "staged_arrow",
+            stage_events_table(batch),
+            f"INSERT INTO {STAGED_EVENTS} ({_STAGED_COLUMNS})"
+            f" SELECT {_STAGED_COLUMNS} FROM staged_arrow",
+        )
 
     def merge_staged(self) -> MergeOutcome:
         con = self.connection
@@ -654,16 +651,23 @@ class DuckDBWarehouse(Warehouse):
                 },
             )
 
+    def _execute_over(self, name: str, arrow: pa.Table, sql: str) -> int:
+        """Run ``sql`` with ``arrow`` readable as the view ``name`` for that statement only (the
+        bulk path: no row-by-row INSERT); returns the rows it changed."""
+        self.connection.register(validate_identifier(name), arrow)
+        try:
+            return _count(self.connection.execute(sql))
+        finally:
+            self.connection.unregister(name)
+
     def _register_temp(self, name: str, arrow: pa.Table) -> None:
         """Copy an Arrow table into a temporary table of this transaction (the bulk stage)."""
-        self.connection.register(f"{name}_arrow", arrow)
-        try:
-            self.connection.execute(
-                f"CREATE OR REPLACE TEMP TABLE {validate_identifier(name)} AS"
-                f" SELECT * FROM {name}_arrow"
-            )
-        finally:
-            self.connection.unregister(f"{name}_arrow")
+        self._execute_over(
+            f"{name}_arrow",
+            arrow,
+            f"CREATE OR REPLACE TEMP TABLE {validate_identifier(name)} AS"
+            f" SELECT * FROM {name}_arrow",
+        )
 
     # --- dead letters ------------------------------------------------------------------------
 
@@ -687,11 +691,7 @@ class DuckDBWarehouse(Warehouse):
             [row._asdict() for row in ledger_rules.unique_dead_letters(rows)],
             schema=_STAGE_DEAD_LETTERS_SCHEMA,
         )
-        self.connection.register("stage_dead_letters", arrow)
-        try:
-            return _count(self.connection.execute(_DEAD_LETTERS_MERGE_SQL))
-        finally:
-            self.connection.unregister("stage_dead_letters")
+        return self._execute_over("stage_dead_letters", arrow, _DEAD_LETTERS_MERGE_SQL)
 
     # --- replay checkpoints ------------------------------------------------------------------
 

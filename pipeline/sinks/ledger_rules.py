@@ -1,8 +1,8 @@
 """The ledger's rules, shared by every warehouse: which version is written, which is refused.
 
 A warehouse stages a batch, inserts the chosen versions whose event_id is absent, and hands what
-its ledger then holds for the batch's ids to :func:`judge`: read back after the insert, or derived
-from what it held before (:func:`held_after_insert`). BigQuery applies them in Python, per batch.
+its ledger then holds for the batch's ids, read back after the insert, to :func:`judge`. BigQuery
+applies them in Python, per batch.
 DuckDB, whose merge cycles are set-based, writes the same rules in SQL (pipeline/sinks/duckdb.py);
 the warehouse contract tests (tests/sinks/test_warehouse_contract.py) run on both, so the two
 cannot drift apart unnoticed.
@@ -62,19 +62,6 @@ def prepare(batch: Iterable[LedgerCandidate]) -> PreparedBatch:
                 candidate if candidate.primary == primary else candidate._replace(primary=primary)
             )
     return PreparedBatch(tuple(prepared), total - len(prepared))
-
-
-def held_after_insert(
-    candidates: Iterable[LedgerCandidate], stored: Mapping[str, Event]
-) -> dict[str, Event]:
-    """The version the ledger holds per id once a batch's insert has run, from what it held
-    before: the stored version where there was one, otherwise the batch's primary (the insert
-    adds exactly the primaries of absent ids)."""
-    held = dict(stored)
-    for candidate in candidates:
-        if candidate.primary:
-            held.setdefault(candidate.event.event_id, candidate.event)
-    return held
 
 
 @dataclass(frozen=True)
