@@ -133,6 +133,10 @@ def to_micros(value: dt.datetime) -> int:
     return (value - EPOCH) // _ONE_MICROSECOND
 
 
+# ``version_order`` as SQL's ORDER BY columns, for the warehouses that choose in SQL.
+VERSION_ORDER_SQL = "event_time, transaction_id, account_id, amount, currency, status"
+
+
 def version_order(event: Event) -> tuple[int, str, str, Decimal, str, str]:
     """The order in which one of several versions of an event is chosen: the earliest event
     time, then the smallest field by field. Both warehouses' SQL sorts by the same columns

@@ -161,9 +161,9 @@ class EffectivelyOnceOptions(PipelineOptions):
             "--merge_interval_seconds",
             type=int,
             default=60,
-            help="Streaming into a staged warehouse (DuckDB): how often the rows staged since"
-            " the last merge cycle are merged into the tables, in seconds of processing time."
-            " A row waits at most about this long to be visible. Default: 60",
+            help="Streaming: how often the rows staged since the last merge cycle are merged"
+            " into the tables, in seconds of processing time. A row waits about this long to be"
+            " visible, and each cycle costs a few BigQuery jobs whatever its size. Default: 60",
         )
         parser.add_argument(
             "--merge_retry_delay_seconds",

@@ -30,7 +30,7 @@ def bq_emulator() -> Iterator[BigQueryEmulator]:
 def production_bigquery(bq_emulator: BigQueryEmulator) -> Iterator[ProductionBigQuery]:
     """The emulator as BigQuery behaves in production (tests/production_bigquery/): what every
     BigQuery warehouse test talks to."""
-    with ProductionBigQuery(bq_emulator.endpoint) as proxy:
+    with ProductionBigQuery(bq_emulator.endpoint, emulator_grpc=bq_emulator.grpc_address) as proxy:
         yield proxy
 
 

@@ -6,14 +6,13 @@ Beam workers, and so that a fault fires a fixed number of times across all DoFn 
 
 from __future__ import annotations
 
-import datetime as dt
 import fcntl
 import json
 import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 
@@ -21,6 +20,9 @@ from pipeline.dead_letters import DeadLetter
 from pipeline.events import LedgerCandidate
 from pipeline.sinks.duckdb import DuckDBWarehouse
 from pipeline.sinks.warehouse import MergeOutcome, Warehouse, WarehouseFactory
+from tests.warehouses import DelegatingWarehouse
+
+T = TypeVar("T")
 
 
 class InjectedFault(Exception):
@@ -69,7 +71,7 @@ class FaultPlan:
             return int(json.loads(handle.read() or "{}").get(f"{name}.fired", 0))
 
 
-class FaultyWarehouse(Warehouse):
+class FaultyWarehouse(DelegatingWarehouse):
     """Delegates to a real warehouse; fails where the plan says.
 
     Fault names: ``before_merge`` (nothing reached the warehouse), ``after_merge`` (the batch
@@ -80,62 +82,37 @@ class FaultyWarehouse(Warehouse):
     """
 
     def __init__(self, inner: Warehouse, plan: FaultPlan, transient: bool = True) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.plan = plan
         self.transient = transient
-
-    @property
-    def stages(self) -> bool:  # type: ignore[override]
-        return self.inner.stages
 
     def _fail(self, name: str) -> None:
         raise (TransientInjectedFault if self.transient else InjectedFault)(name)
 
-    def create_tables(self) -> None:
-        self.inner.create_tables()
+    def _around(self, name: str, call: Callable[[], T]) -> T:
+        if self.plan.take(f"before_{name}"):
+            self._fail(f"before_{name}")
+        result = call()
+        if self.plan.take(f"after_{name}"):
+            self._fail(f"after_{name}")
+        return result
 
     def merge_events(self, batch: Sequence[LedgerCandidate]) -> MergeOutcome:
-        if self.plan.take("before_merge"):
-            self._fail("before_merge")
-        outcome = self.inner.merge_events(batch)
-        if self.plan.take("after_merge"):
-            self._fail("after_merge")
-        return outcome
+        return self._around("merge", lambda: self.inner.merge_events(batch))
 
     def stage_events(self, batch: Sequence[LedgerCandidate]) -> None:
-        if self.plan.take("before_stage"):
-            self._fail("before_stage")
-        self.inner.stage_events(batch)
-        if self.plan.take("after_stage"):
-            self._fail("after_stage")
+        self._around("stage", lambda: self.inner.stage_events(batch))
 
     def merge_staged(self) -> MergeOutcome:
-        if self.plan.take("before_cycle"):
-            self._fail("before_cycle")
-        outcome = self.inner.merge_staged()
-        if self.plan.take("after_cycle"):
-            self._fail("after_cycle")
-        return outcome
+        return self._around("cycle", self.inner.merge_staged)
 
     def merge_dead_letters(self, rows: Sequence[DeadLetter]) -> int:
         if self.plan.take("dead_letters_before"):
             self._fail("dead_letters_before")
         return self.inner.merge_dead_letters(rows)
 
-    def read_checkpoint(self, source: str) -> dt.datetime | None:
-        return self.inner.read_checkpoint(source)
-
-    def write_checkpoint(self, source: str, replay_from: dt.datetime) -> None:
-        self.inner.write_checkpoint(source, replay_from)
-
-    def fetch_rows(self, table: str) -> list[dict[str, Any]]:
-        return self.inner.fetch_rows(table)
-
     def is_transient(self, error: BaseException) -> bool:
         return isinstance(error, TransientInjectedFault) or self.inner.is_transient(error)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 @dataclass(frozen=True)
@@ -168,6 +145,7 @@ class FaultyWarehouseFactory:
                 self.inner.dataset,
                 client_factory=client,
                 run_id=self.inner.run_id,
+                write_client_factory=self.inner.write_client_factory(),
             )
         path = self.inner.args[0]  # type: ignore[attr-defined]  # functools.partial(DuckDB, path)
         return DuckDBWarehouse(path, connect=PlannedConnect(self.plan))
@@ -215,7 +193,9 @@ class RecordingBigQueryClient:
     """A real BigQuery client (the emulator's) that records every SQL text it is asked to run
     and fails where a plan says: ``lost_response:<step>`` runs the job, then raises a transient
     error as if the reply was lost; ``conflict:<step>`` raises BigQuery's concurrent-update error
-    before running it. ``<step>`` matches the end of the job id's prefix, e.g. ``ledger``."""
+    before running it; ``fails_before_commit:<step>`` runs a script whose transaction fails at
+    its last statement before COMMIT, with that error (transient: the sink retries). ``<step>``
+    matches the end of the job id's prefix, e.g. ``ledger``, ``cycle``."""
 
     def __init__(self, inner: Any, plan: FaultPlan, statements: list[str]) -> None:
         self._inner = inner
@@ -234,6 +214,13 @@ class RecordingBigQueryClient:
             raise exceptions.BadRequest(
                 "Could not serialize access to table due to concurrent update"
             )
+        if self._plan.take(f"fails_before_commit:{step}"):
+            # As BigQuery aborts a transaction that met a concurrent update at its commit.
+            failing = (
+                "SELECT ERROR('Transaction is aborted due to concurrent update"
+                " (injected before COMMIT)');\n"
+            )
+            sql = sql.replace("COMMIT TRANSACTION;", failing + "COMMIT TRANSACTION;")
         job = self._inner.query(sql, *args, job_id=job_id, **kwargs)
         self.submitted.append(job_id or "")
         if self._plan.take(f"lost_response:{step}"):

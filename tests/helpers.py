@@ -122,5 +122,5 @@ def assert_exact(factory: WarehouseFactory, event_ids: Sequence[str]) -> dict[st
     assert sorted(r["event_id"] for r in tables["transaction_events"]) == sorted(event_ids)
     report = Report()
     check_invariants(tables, report)
-    assert report.problems == []
+    assert report.problems == [], report.problems
     return tables

@@ -113,6 +113,23 @@ def test_the_worker_reads_and_writes_only_its_datasets(
         worker.create_table(bigquery.Table(f"{P}.{other}.x", schema=[]))
 
 
+def test_each_statement_of_a_script_needs_its_right(  # the merge cycle is one script
+    datasets: tuple[str, str], worker: bigquery.Client, production_bigquery: ProductionBigQuery
+) -> None:
+    warehouse, _ = datasets
+    other = f"other_{uuid.uuid4().hex[:8]}"
+    admin = production_bigquery.admin_client(P)
+    provision(admin, P, other)
+    admin.close()
+    inside = f"BEGIN TRANSACTION; {_update_sql(warehouse, '2026-01-01', '2026-01-02')};"
+    script = f"{inside} COMMIT TRANSACTION;"
+    worker.query(script, location=TEST_LOCATION).result()
+    temp = "CREATE TEMP TABLE x AS SELECT 1 AS one;"  # a temporary table needs no right
+    elsewhere = f"DELETE FROM `{P}.{other}.transactions` WHERE TRUE;"
+    with pytest.raises(exceptions.Forbidden, match=rf"{other}\.transactions"):
+        worker.query(f"{inside} {temp} {elsewhere} COMMIT TRANSACTION;", location=TEST_LOCATION)
+
+
 # --- locations -----------------------------------------------------------------------------
 
 

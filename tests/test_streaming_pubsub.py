@@ -209,8 +209,7 @@ def test_kill_9_mid_stream_then_the_same_command_is_exact(
         env=target.environment,
     )
     try:
-        merged = "Merged a batch" if kind == "bigquery" else "Merged a cycle"
-        _wait_for_lines(process.stderr, merged, count=2, timeout=300)
+        _wait_for_lines(process.stderr, "Merged a cycle", count=1, timeout=300)
     finally:
         process.kill()  # SIGKILL: no teardown, no flush, pulled messages were already acked
         process.wait()

@@ -62,6 +62,7 @@ import requests
 from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
+from google.cloud.bigquery_storage_v1 import BigQueryWriteClient
 
 from pipeline.dead_letters import DeadLetter, conflict_dead_letter
 from pipeline.events import (
@@ -75,6 +76,15 @@ from pipeline.events import (
     format_timestamp,
 )
 from pipeline.sinks import ledger_rules
+from pipeline.sinks.bigquery_appends import (
+    STAGED_EVENTS,
+    AppendFailed,
+    WriteClientFactory,
+    append,
+    default_write_client,
+    staged_rows,
+)
+from pipeline.sinks.bigquery_cycle import STAGED_CONFLICTS, cycle_script
 from pipeline.sinks.warehouse import MergeOutcome, Warehouse, WarehouseSetupError
 from pipeline.tables import (
     ACCOUNT_WINDOW_TOTALS,
@@ -228,6 +238,9 @@ def batch_slots(project: str, dataset: str, size: int) -> threading.BoundedSemap
 class BigQueryWarehouse(Warehouse):
     """The tables in one BigQuery dataset, staged through another.
 
+    Written by staged appends and merge cycles (``stages``); ``merge_events``, each batch
+    merged as it comes, remains for callers that merge one batch.
+
     The worker needs only what terraform/iam.tf grants it (docs/BIGQUERY.md, "The rights"):
     bigquery.jobUser on the project, to run jobs, and bigquery.dataEditor on the two datasets, to
     read and write their tables. It looks the datasets up and never creates one unless
@@ -249,9 +262,11 @@ class BigQueryWarehouse(Warehouse):
         run_id: str | None = None,
         request_timeout_seconds: float = REQUEST_TIMEOUT_SECONDS,
         max_request_bytes: int = REQUEST_BUDGET_BYTES,
+        write_client_factory: WriteClientFactory | None = None,
     ) -> None:
         """``client_factory(project)`` is the client seam: tests pass one that builds a client of
-        the local emulator, or wraps the real client to inject faults. ``location``: where the
+        the local emulator, or wraps the real client to inject faults; ``write_client_factory()``
+        is the same seam for the Storage Write API's client. ``location``: where the
         datasets must be (None: wherever they are). ``run_id`` scopes job ids to one launched
         pipeline (pass the same id to every worker's instance)."""
         parse_dataset(f"{project}.{dataset}")
@@ -273,6 +288,8 @@ class BigQueryWarehouse(Warehouse):
         self._timeout = request_timeout_seconds
         self._max_request_bytes = max_request_bytes
         self._client: bigquery.Client | None = None
+        self._write_client_factory = write_client_factory or default_write_client
+        self._write_client: BigQueryWriteClient | None = None
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -289,10 +306,21 @@ class BigQueryWarehouse(Warehouse):
             self._location = self._dataset(self.project, self.dataset).location
         return self._location
 
+    @property
+    def write_client(self) -> BigQueryWriteClient:
+        if self._write_client is None:
+            self._write_client = self._write_client_factory()
+        return self._write_client
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
+        if self._write_client is not None:
+            self._write_client.transport.close()
+            self._write_client = None
+
+    stages = True
 
     def is_transient(self, error: BaseException) -> bool:
         return _is_transient(error)
@@ -453,7 +481,9 @@ class BigQueryWarehouse(Warehouse):
             )
         self._location = warehouse.location
         for spec in ALL_TABLES:
-            self._table(spec)
+            self._table(spec, self.project, self.dataset)
+        for spec in (STAGED_EVENTS, STAGED_CONFLICTS):
+            self._table(spec, self.staging_project, self.staging_dataset, staging=True)
 
     def _dataset(self, project: str, dataset: str, staging: bool = False) -> bigquery.Dataset:
         name = f"{project}.{dataset}"
@@ -500,8 +530,11 @@ class BigQueryWarehouse(Warehouse):
                 f" example). BigQuery said: {error.message}"
             ) from error
 
-    def _table(self, spec: Table) -> None:
-        name = f"{self.project}.{self.dataset}.{spec.name}"
+    def _table(self, spec: Table, project: str, dataset: str, staging: bool = False) -> None:
+        """Create the table if absent (or check its columns). A staging table that waits for
+        merge cycles must outlive the staging dataset's default expiration, meant for what a
+        failed step leaves behind: its expiration is removed."""
+        name = f"{project}.{dataset}.{spec.name}"
         try:
             found = self.client.get_table(name, timeout=self._timeout)
         except api_exceptions.NotFound:
@@ -509,7 +542,7 @@ class BigQueryWarehouse(Warehouse):
         except api_exceptions.Forbidden as error:
             raise BigQuerySetupError(
                 f"the pipeline may not read table {name}: grant its service account"
-                f" roles/bigquery.dataEditor on {self.project}.{self.dataset}. BigQuery said:"
+                f" roles/bigquery.dataEditor on {project}.{dataset}. BigQuery said:"
                 f" {error.message}"
             ) from error
         if found is not None:
@@ -520,6 +553,8 @@ class BigQueryWarehouse(Warehouse):
                     " (terraform/schemas/): add them (terraform apply, or ALTER TABLE ... ADD"
                     " COLUMN) before running this version"
                 )
+            if staging and found.expires is not None:
+                self._keep(found)
             return
         table = bigquery.Table(
             name, schema=[bigquery.SchemaField.from_api_repr(f) for f in bigquery_schema(spec)]
@@ -532,14 +567,85 @@ class BigQueryWarehouse(Warehouse):
         if spec.clustering:
             table.clustering_fields = list(spec.clustering)
         try:
-            self.client.create_table(table, exists_ok=True, timeout=self._timeout)
+            created = self.client.create_table(table, exists_ok=True, timeout=self._timeout)
         except api_exceptions.Forbidden as error:
             raise BigQuerySetupError(
                 f"may not create table {name}: grant the pipeline's service account"
-                f" roles/bigquery.dataEditor on {self.project}.{self.dataset} (it holds"
+                f" roles/bigquery.dataEditor on {project}.{dataset} (it holds"
                 f" bigquery.tables.create), or create the tables with Terraform. BigQuery said:"
                 f" {error.message}"
             ) from error
+        if staging and created.expires is not None:
+            self._keep(created)
+
+    def _keep(self, table: bigquery.Table) -> None:
+        table.expires = None
+        self.client.update_table(table, ["expires"], timeout=self._timeout)
+
+    # --- staged appends and merge cycles ------------------------------------------------------
+
+    def stage_events(self, batch: Sequence[LedgerCandidate]) -> None:
+        if not batch:
+            return
+        stream = (
+            f"projects/{self.staging_project}/datasets/{self.staging_dataset}"
+            f"/tables/{STAGED_EVENTS.name}/streams/_default"
+        )
+        try:
+            append(self.write_client, stream, staged_rows(batch, dt.datetime.now(dt.UTC)),
+                   self._timeout)  # fmt: skip
+        except AppendFailed as error:
+            raise BigQueryBatchError(str(error), error.transient) from error
+
+    def merge_staged(self) -> MergeOutcome:
+        """One cycle script (pipeline/sinks/bigquery_cycle.py), then the dead letters of the
+        versions it refused, and of any an earlier cycle refused and did not turn into dead
+        letters before it stopped."""
+        cycle = uuid.uuid4().hex
+        script = cycle_script(
+            self.table_ref(TRANSACTION_EVENTS),
+            self.table_ref(TRANSACTIONS),
+            self.table_ref(ACCOUNT_WINDOW_TOTALS),
+            self._staging_ref(STAGED_EVENTS.name),
+            self._staging_ref(STAGED_CONFLICTS.name),
+        )
+        params = [_scalar("cycle", "STRING", cycle), _ts("now", dt.datetime.now(dt.UTC))]
+        with self._slots:
+            job = self._query(script, params, job_id=f"eo_{self.run_id}_{cycle}_cycle")
+            (counts,) = list(job.result(timeout=self._timeout))
+            dead_letters = self._drain_conflicts() if counts["pending_conflicts"] else 0
+        inserted, conflicts = int(counts["inserted"]), int(counts["conflicts"])
+        outcome = MergeOutcome(
+            inserted=inserted,
+            duplicates=int(counts["staged"]) - inserted - conflicts,
+            conflicts=conflicts,
+            transactions_upserted=int(counts["transactions_upserted"]),
+            windows_upserted=int(counts["windows_upserted"]),
+            dead_letters_inserted=dead_letters,
+        )
+        return outcome
+
+    def _drain_conflicts(self) -> int:
+        """Turn the refused versions in ``staged_conflicts`` into dead letters, then remove
+        them; run again after a crash, the dead letters' ids make it change nothing."""
+        rows = [dict(r.items()) for r in self._rows(
+            f"SELECT * FROM {self._staging_ref(STAGED_CONFLICTS.name)}", [])]  # fmt: skip
+        letters = [
+            conflict_dead_letter(
+                _event(row),
+                _event(row, "kept_") if row["kept_event_id"] is not None else None,
+            )
+            for row in rows
+        ]
+        cycles = sorted({row["cycle_id"] for row in rows})
+        digest = hashlib.sha256("\n".join([self._job_scope(), *cycles]).encode()).hexdigest()
+        inserted = self._insert_dead_letters(letters, f"eo_{self.run_id}_cdl_{digest[:32]}")
+        self._query(
+            f"DELETE FROM {self._staging_ref(STAGED_CONFLICTS.name)}"
+            " WHERE cycle_id IN UNNEST(@cycles)",
+            [_array("cycles", "STRING", cycles)],
+        )
+        return inserted
 
     # --- events -------------------------------------------------------------------------------
 
@@ -1074,8 +1180,8 @@ def _dead_letter_row(row: DeadLetter) -> dict[str, Any]:
     return _json_row(values)
 
 
-def _event(row: dict[str, Any]) -> Event:
-    return Event(*(row[name] for name in _EVENT_COLUMNS))
+def _event(row: dict[str, Any], prefix: str = "") -> Event:
+    return Event(*(row[prefix + name] for name in _EVENT_COLUMNS))
 
 
 def _normalise(spec: Table, row: dict[str, Any]) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from pipeline.events import (
     CONTRACT_FIELDS,
     MONEY_CONTEXT,
     NUMERIC_LIMIT,
+    VERSION_ORDER_SQL,
     Event,
     LedgerCandidate,
     to_micros,
@@ -192,7 +193,7 @@ _CYCLE_SQL = f"""
 # between them) only the first in ``version_order`` (pipeline/events.py) stays primary. Two rows
 # of a MERGE's source then never match one target row. In event-time order, as the ledger is
 # appended to.
-_VERSION_ORDER = "event_time, transaction_id, account_id, amount, currency, status"
+_VERSION_ORDER = VERSION_ORDER_SQL
 _STAGE_VERSIONS_SQL = f"""
     CREATE OR REPLACE TEMP TABLE stage_events AS
     WITH versions AS (
@@ -530,7 +531,6 @@ class DuckDBWarehouse(Warehouse):
             )
         finally:
             con.execute("DROP TABLE IF EXISTS merge_cycle")
-        _LOG.info("Merged a cycle of %d days: %d inserted", len(days), outcome.inserted)
         return outcome
 
     def _stage_day(self, day: dt.date) -> None:

@@ -166,6 +166,13 @@ PARAMETERS: dict[str, ParameterSpec] = {
         bad=("warning", "TRACE"),
         param_type="ENUM",
     ),
+    "merge_interval_seconds": ParameterSpec(
+        "Merge cycle interval (seconds)",
+        regex=_POSITIVE_INT,
+        examples=("60", "300", "1"),
+        bad=("0", "-60", "1m"),
+        param_type="NUMBER",
+    ),
     "merge_retries": ParameterSpec(
         "Warehouse retries",
         regex=_NON_NEGATIVE_INT,
@@ -189,8 +196,6 @@ NOT_PARAMETERS: dict[str, str] = {
     " durably, so no replay checkpoint is read there); also a bare flag, which a Flex Template"
     " cannot pass (it passes --name=value, which argparse refuses for a flag).",
     "replay_margin_seconds": "DirectRunner only: replay checkpoints are not written on Dataflow.",
-    "merge_interval_seconds": "DuckDB only, for now: the BigQuery sink merges each batch as it"
-    " comes; it becomes a parameter when BigQuery is written by merge cycles too.",
     "bigquery_create_datasets": "Local runs only: on Google Cloud Terraform creates the datasets,"
     " and the worker service account may not (no bigquery.datasets.create); also a bare flag.",
 }

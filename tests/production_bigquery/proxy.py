@@ -51,6 +51,7 @@ import urllib3
 from tests.production_bigquery.iam import Grants, WorkerRoles, worker_roles_from_terraform
 from tests.production_bigquery.jobs import NO_LATENCY, Job, JobFailed, Latency, Scheduler
 from tests.production_bigquery.statements import Statement, TableId, analyse
+from tests.production_bigquery.write_api import WriteApiRules
 
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
 MULTI_REGIONS = frozenset({"US", "EU"})
@@ -229,8 +230,11 @@ class ProductionBigQuery:
         latency: Latency = NO_LATENCY,
         grants: Grants | None = None,
         max_request_bytes: int = MAX_REQUEST_BYTES,
+        emulator_grpc: str | None = None,
         **scheduler_limits: Any,
     ) -> None:
+        """``emulator_grpc``: the emulator's gRPC address; given, the Storage Write API's rules
+        (write_api.py) listen at :attr:`write_address` in front of it."""
         self.emulator = emulator_endpoint.rstrip("/")
         self.scheduler = Scheduler(latency, **scheduler_limits)
         self.faults = Faults()
@@ -249,12 +253,20 @@ class ProductionBigQuery:
         self._thread = threading.Thread(
             target=self._server.serve_forever, daemon=True, name="bq-proxy"
         )
+        self.write_api: WriteApiRules | None = None
+        if emulator_grpc:
+            self.write_api = WriteApiRules(emulator_grpc, lambda: self.grants)
+        self.write_address = self.write_api.address if self.write_api else None
 
     def __enter__(self) -> ProductionBigQuery:
         self._thread.start()
+        if self.write_api is not None:
+            self.write_api.start()
         return self
 
     def __exit__(self, *_: object) -> None:
+        if self.write_api is not None:
+            self.write_api.stop()
         self._server.shutdown()
         self._server.server_close()
         self.scheduler.close()
@@ -365,9 +377,13 @@ class ProductionBigQuery:
         given = resource["jobReference"].get("location")
         if "query" in configuration:
             statement = self._statement(project, configuration["query"])
-            datasets = {(t[0], t[1]) for t in statement.reads} | (
-                {(statement.target[0], statement.target[1])} if statement.target else set()
-            )
+            datasets = {(t[0], t[1]) for t in statement.reads} | {
+                (target[0], target[1])
+                for _, target in (
+                    *statement.script_writes,
+                    *([("", statement.target)] if statement.target else []),
+                )
+            }
             refused = self._query_permissions(statement)
             kind: str = "query"
         elif "load" in configuration:
@@ -418,13 +434,16 @@ class ProductionBigQuery:
 
     def _query_permissions(self, statement: Statement) -> Reply | None:
         needed = [(table, "bigquery.tables.getData") for table in statement.reads]
+        writes = list(statement.script_writes)
         if statement.target is not None:
+            writes.append((statement.kind, statement.target))
+        for kind, target in writes:
             permission = {
                 "CREATE": "bigquery.tables.create",
                 "DROP": "bigquery.tables.delete",
                 "ALTER": "bigquery.tables.update",
-            }.get(statement.kind, "bigquery.tables.updateData")
-            needed.append((statement.target, permission))
+            }.get(kind, "bigquery.tables.updateData")
+            needed.append((target, permission))
         for (project, dataset, table), permission in needed:
             if not self.grants.on_dataset(project, dataset, permission):
                 return _denied("Table", f"{project}:{dataset}.{table}", permission)

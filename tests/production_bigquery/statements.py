@@ -31,6 +31,9 @@ class Statement:
     updates_rows: bool  # may update or delete existing rows (a conflict-prone mutation)
     # Dates of the target's partitions the statement may change (inclusive); None: any.
     partitions: tuple[dt.date, dt.date] | None
+    # A script's statements that change a table (their kind and target), each checked for the
+    # right its kind needs; a script itself has no ``target`` and is not queued as one DML.
+    script_writes: tuple[tuple[str, TableId], ...] = ()
 
     @property
     def mutating_dml(self) -> bool:
@@ -44,8 +47,25 @@ def analyse(
     parameters: Sequence[Mapping[str, Any]],
     partition_column: Any = None,
 ) -> Statement:
-    """``partition_column(table) -> column name or None`` gives a target's partitioning field."""
-    tree = sqlglot.parse_one(sql, read="bigquery")
+    """``partition_column(table) -> column name or None`` gives a target's partitioning field.
+    A script (several statements) reads what its statements read and writes what they write;
+    its temporary tables (no dataset) are neither."""
+    trees = [tree for tree in sqlglot.parse(sql, read="bigquery") if tree is not None]
+    if len(trees) > 1:
+        parts = [_analyse(tree, project, default_dataset, parameters, None) for tree in trees]
+        writes = tuple((part.kind, part.target) for part in parts if part.target and part.target[1])
+        reads = frozenset(table for part in parts for table in part.reads if table[1])
+        return Statement("SCRIPT", reads, None, False, None, writes)
+    return _analyse(trees[0], project, default_dataset, parameters, partition_column)
+
+
+def _analyse(
+    tree: exp.Expression,
+    project: str,
+    default_dataset: str | None,
+    parameters: Sequence[Mapping[str, Any]],
+    partition_column: Any,
+) -> Statement:
     ctes = {cte.alias for cte in tree.find_all(exp.CTE)}
     tables = [t for t in tree.find_all(exp.Table) if t.name and (t.db or t.name not in ctes)]
     target_node = _target(tree)

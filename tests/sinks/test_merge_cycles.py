@@ -1,7 +1,8 @@
-"""Staged appends and merge cycles on DuckDB (``stage_events``, ``merge_staged``): a cycle
-merges exactly what was staged before it, set-based, a day of event time at a time; appends that
-repeat, a cycle run twice, a cycle that dies before it clears staging and rows staged while a
-cycle runs all end in the same exact tables. Faults go through the connection seam."""
+"""Staged appends and merge cycles (``stage_events``, ``merge_staged``): a cycle merges exactly
+what was staged before it, set-based; appends that repeat, a cycle run twice and a conflicting
+version staged later end in the same exact tables on both warehouses. On DuckDB (a day of event
+time at a time), a cycle that dies before it clears staging and rows staged while a cycle runs
+too, through the connection seam; BigQuery's own cases are in test_bigquery_cycles.py."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline.events import Event, LedgerCandidate
 from pipeline.sinks.duckdb import DuckDBWarehouse
 from pipeline.sinks.upsert import StageAndMergeLedger
-from pipeline.sinks.warehouse import MergeOutcome
+from pipeline.sinks.warehouse import WarehouseFactory
 from pipeline.tools.reconcile import window_of
 from tests.faults import FaultyConnection, InjectedFault
 from tests.helpers import assert_exact
@@ -88,37 +89,43 @@ def test_a_cycle_merges_each_day_of_event_time_with_one_ledger_statement(tmp_pat
     warehouse.close()
 
 
-def test_repeated_appends_and_a_second_cycle_change_nothing(tmp_path: Path) -> None:
-    path = str(tmp_path / "w.duckdb")
-    warehouse = DuckDBWarehouse(path)
-    warehouse.create_tables()
+def test_repeated_appends_and_a_second_cycle_change_nothing(warehouse: WarehouseFactory) -> None:
+    writer = warehouse()
+    writer.create_tables()
     for _ in range(3):  # a retried bundle appends the same rows again
-        warehouse.stage_events(ROWS)
-    first = warehouse.merge_staged()
+        writer.stage_events(ROWS)
+    first = writer.merge_staged()
     assert (first.inserted, first.duplicates) == (len(ROWS), 2 * len(ROWS))
-    tables = _exact(path, [c.event.event_id for c in ROWS])
-    assert warehouse.merge_staged() == MergeOutcome()  # nothing staged: no change
-    warehouse.stage_events(ROWS)  # a replay, a later run
-    assert warehouse.merge_staged().duplicates == len(ROWS)
-    assert _exact(path, [c.event.event_id for c in ROWS]) == tables
-    warehouse.close()
+    tables = assert_exact(warehouse, [c.event.event_id for c in ROWS])
+    again = writer.merge_staged()  # nothing staged: no change
+    assert (again.inserted, again.duplicates, again.windows_upserted) == (0, 0, 0)
+    writer.stage_events(ROWS)  # a replay, a later run
+    replayed = writer.merge_staged()
+    assert (replayed.duplicates, replayed.transactions_upserted) == (len(ROWS), 0)
+    assert assert_exact(warehouse, [c.event.event_id for c in ROWS]) == tables
+    writer.close()
 
 
-def test_a_conflicting_version_staged_later_becomes_a_dead_letter(tmp_path: Path) -> None:
-    path = str(tmp_path / "w.duckdb")
-    warehouse = DuckDBWarehouse(path)
-    warehouse.create_tables()
-    warehouse.stage_events(ROWS)
-    warehouse.merge_staged()
+def test_a_conflicting_version_staged_later_becomes_a_dead_letter(
+    warehouse: WarehouseFactory,
+) -> None:
+    writer = warehouse()
+    writer.create_tables()
+    writer.stage_events(ROWS)
+    writer.merge_staged()
     other = _candidate(0, 0, amount="99.00", primary=False)
-    warehouse.stage_events([other])
-    assert warehouse.merge_staged().conflicts == 1
-    tables = _exact(path, [c.event.event_id for c in ROWS])
-    assert [r["event_id"] for r in tables["dead_letters"]] == ["e000"]
-    assert "conflict" in tables["dead_letters"][0]["error"]
+    writer.stage_events([other])
+    outcome = writer.merge_staged()
+    assert (outcome.conflicts, outcome.dead_letters_inserted) == (1, 1)
+    tables = assert_exact(warehouse, [c.event.event_id for c in ROWS])
+    letters = {r["event_id"]: r["error"] for r in tables["dead_letters"]}
+    assert letters.keys() == {"e000"}
+    assert "already holds this event_id with a different amount" in letters["e000"]
     ledger = {r["event_id"]: r for r in tables["transaction_events"]}
     assert ledger["e000"]["amount"] == Decimal("1.25")  # the ledger's version stands
-    warehouse.close()
+    writer.stage_events([other])  # refused again (a replay): no second dead letter
+    assert writer.merge_staged().dead_letters_inserted == 0
+    writer.close()
 
 
 def test_rows_staged_while_a_cycle_runs_wait_for_the_next_one(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from pipeline.sinks.warehouse import Warehouse, WarehouseFactory
 from pipeline.tools.reconcile import Report, check_invariants, fetch_tables, window_of
 from tests.faults import FaultyConnection, InjectedFault
 from tests.helpers import utc
-from tests.warehouses import another_run
+from tests.warehouses import MergedByCycles, another_run
 
 T0 = utc("2026-01-01T00:00:10Z")
 
@@ -40,9 +40,11 @@ def cand(e: Event, primary: bool = True, window: int = 60) -> LedgerCandidate:
     return LedgerCandidate(e, primary, start, end)
 
 
-@pytest.fixture
-def wh(warehouse: WarehouseFactory) -> Iterator[Warehouse]:
-    opened = warehouse()
+@pytest.fixture(params=["batch", "cycle"])
+def wh(warehouse: WarehouseFactory, request: pytest.FixtureRequest) -> Iterator[Warehouse]:
+    """Each contract test runs on both ways of writing: a batch merged as it comes
+    (``merge_events``), and the batch staged then merged by a merge cycle."""
+    opened = warehouse() if request.param == "batch" else MergedByCycles(warehouse())
     opened.create_tables()
     yield opened
     opened.close()
