@@ -74,8 +74,20 @@ class EffectivelyOnceOptions(PipelineOptions):
         parser.add_argument(
             "--bigquery_staging_dataset",
             default="",
-            help="BigQuery only: PROJECT.DATASET for the load-job staging tables (give it a"
-            " default table expiration). Default: the warehouse dataset's name + _staging",
+            help="BigQuery only: PROJECT.DATASET for the staged rows and the dead letters' load"
+            " tables (give it a default table expiration). Default: the warehouse dataset's"
+            " name + _staging",
+        )
+        parser.add_argument(
+            "--bigquery_dedup_horizon_days",
+            type=int,
+            default=0,
+            help="BigQuery only: how far (in days of event time) from a merge cycle's events the"
+            " ledger is searched for earlier versions of their event_ids. 0: the whole ledger"
+            " (permanent dedup; the lookup reads the event_id column's blocks of those ids,"
+            " pruned by clustering). N: only the partitions within N days, so a cycle reads the"
+            " same bytes whatever the ledger's size, and a version of an event stored more than"
+            " N days away is not found: it lands as a second row. Default: 0",
         )
         parser.add_argument(
             "--bigquery_location",
@@ -192,6 +204,7 @@ def bigquery_settings(options: PipelineOptions) -> BigQuerySettings:
         staging_dataset=o.bigquery_staging_dataset or None,
         location=o.bigquery_location or None,
         create_datasets=o.bigquery_create_datasets,
+        dedup_horizon_days=o.bigquery_dedup_horizon_days,
     )
 
 
@@ -206,11 +219,14 @@ def _warehouse_problem(options: EffectivelyOnceOptions) -> str | None:
                     ("--bigquery_staging_dataset", staging),
                     ("--bigquery_location", options.bigquery_location),
                     ("--bigquery_create_datasets", options.bigquery_create_datasets),
+                    ("--bigquery_dedup_horizon_days", options.bigquery_dedup_horizon_days),
                 )
                 if value
             ]
             if given:
                 return f"{', '.join(given)} applies only to --warehouse=bigquery:..."
+        if options.bigquery_dedup_horizon_days < 0:
+            return "--bigquery_dedup_horizon_days must be 0 (the whole ledger) or more"
         if options.bigquery_location and not _LOCATION.fullmatch(options.bigquery_location):
             return "--bigquery_location must be a BigQuery location, e.g. europe-west1 or EU"
         if staging:

@@ -146,6 +146,7 @@ class FaultyWarehouseFactory:
                 client_factory=client,
                 run_id=self.inner.run_id,
                 write_client_factory=self.inner.write_client_factory(),
+                dedup_horizon_days=self.inner.dedup_horizon_days,
             )
         path = self.inner.args[0]  # type: ignore[attr-defined]  # functools.partial(DuckDB, path)
         return DuckDBWarehouse(path, connect=PlannedConnect(self.plan))

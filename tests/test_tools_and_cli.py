@@ -173,6 +173,18 @@ def test_bad_input_does_not_fail_the_run(tmp_path: Path) -> None:
             ["--input_files=x", "--warehouse=bigquery:my-project.l", "--bigquery_location=e u"],
             "--bigquery_location must be a BigQuery location",
         ),
+        (
+            ["--input_files=x", "--bigquery_dedup_horizon_days=7"],
+            "--bigquery_dedup_horizon_days applies only to --warehouse=bigquery",
+        ),
+        (
+            [
+                "--input_files=x",
+                "--warehouse=bigquery:my-project.l",
+                "--bigquery_dedup_horizon_days=-1",
+            ],
+            "--bigquery_dedup_horizon_days must be 0 (the whole ledger) or more",
+        ),
     ],
 )
 def test_invalid_options_fail_fast(args: list[str], message: str) -> None:

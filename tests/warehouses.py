@@ -62,6 +62,7 @@ class EmulatorWarehouse:
     run_id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:12])
     location: str | None = None  # --bigquery_location; None: the datasets' own
     write_address: str | None = None  # the write API's rules (write_api.py); None: no appends
+    dedup_horizon_days: int = 0  # --bigquery_dedup_horizon_days
 
     def __call__(self) -> BigQueryWarehouse:
         return BigQueryWarehouse(
@@ -71,6 +72,7 @@ class EmulatorWarehouse:
             run_id=self.run_id,
             location=self.location,
             write_client_factory=self.write_client_factory(),
+            dedup_horizon_days=self.dedup_horizon_days,
         )
 
     def write_client_factory(self) -> WriteClientFactory | None:

@@ -263,12 +263,15 @@ class BigQueryWarehouse(Warehouse):
         request_timeout_seconds: float = REQUEST_TIMEOUT_SECONDS,
         max_request_bytes: int = REQUEST_BUDGET_BYTES,
         write_client_factory: WriteClientFactory | None = None,
+        dedup_horizon_days: int = 0,
     ) -> None:
         """``client_factory(project)`` is the client seam: tests pass one that builds a client of
         the local emulator, or wraps the real client to inject faults; ``write_client_factory()``
         is the same seam for the Storage Write API's client. ``location``: where the
         datasets must be (None: wherever they are). ``run_id`` scopes job ids to one launched
-        pipeline (pass the same id to every worker's instance)."""
+        pipeline (pass the same id to every worker's instance). ``dedup_horizon_days``: how far
+        from a cycle's events its ledger lookup reaches (``--bigquery_dedup_horizon_days``; 0:
+        the whole ledger)."""
         parse_dataset(f"{project}.{dataset}")
         self.project = project
         self.dataset = dataset
@@ -290,6 +293,9 @@ class BigQueryWarehouse(Warehouse):
         self._client: bigquery.Client | None = None
         self._write_client_factory = write_client_factory or default_write_client
         self._write_client: BigQueryWriteClient | None = None
+        if dedup_horizon_days < 0:
+            raise ValueError("dedup_horizon_days must be 0 (the whole ledger) or more")
+        self.dedup_horizon_days = dedup_horizon_days
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -608,8 +614,11 @@ class BigQueryWarehouse(Warehouse):
             self.table_ref(ACCOUNT_WINDOW_TOTALS),
             self._staging_ref(STAGED_EVENTS.name),
             self._staging_ref(STAGED_CONFLICTS.name),
+            horizon=self.dedup_horizon_days > 0,
         )
         params = [_scalar("cycle", "STRING", cycle), _ts("now", dt.datetime.now(dt.UTC))]
+        if self.dedup_horizon_days:
+            params.append(_scalar("horizon_days", "INT64", self.dedup_horizon_days))
         with self._slots:
             job = self._query(script, params, job_id=f"eo_{self.run_id}_{cycle}_cycle")
             (counts,) = list(job.result(timeout=self._timeout))

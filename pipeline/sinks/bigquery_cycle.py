@@ -96,9 +96,21 @@ _EXACT_TOTALS = f"""
 """
 
 
-def cycle_script(ledger: str, transactions: str, totals: str, staged: str, conflicts: str) -> str:
+def cycle_script(
+    ledger: str,
+    transactions: str,
+    totals: str,
+    staged: str,
+    conflicts: str,
+    *,
+    horizon: bool = False,
+) -> str:
     """The script of one merge cycle over the given (quoted, validated) table references.
-    Parameters: ``@cycle`` (the cycle's id) and ``@now``. Its result is one row of counts."""
+    Parameters: ``@cycle`` (the cycle's id) and ``@now``; with ``horizon``, ``@horizon_days``:
+    the ledger is searched for the cycle's event_ids only within that many days of the cycle's
+    event times (the partitions between; 0 days is not a horizon: leave ``horizon`` false).
+    Its result is one row of counts."""
+    within = "AND event_time BETWEEN hlo AND hhi" if horizon else ""
     tx_fields = ", ".join(_TRANSACTION_FIELDS)
     differs = " OR ".join(
         f"s.{c} IS DISTINCT FROM l.{c}" for c in CONTRACT_FIELDS if c != "event_id"
@@ -110,6 +122,8 @@ DECLARE wlo TIMESTAMP;
 DECLARE whi TIMESTAMP;
 DECLARE tlo TIMESTAMP;
 DECLARE thi TIMESTAMP;
+DECLARE hlo TIMESTAMP;
+DECLARE hhi TIMESTAMP;
 DECLARE inserted INT64 DEFAULT 0;
 DECLARE refused INT64 DEFAULT 0;
 DECLARE upserted INT64 DEFAULT 0;
@@ -131,8 +145,10 @@ SET lo = (SELECT MIN(event_time) FROM versions);
 SET hi = (SELECT MAX(event_time) FROM versions);
 SET wlo = (SELECT MIN(window_start) FROM versions);
 SET whi = (SELECT MAX(window_end) FROM versions);
+{"SET hlo = TIMESTAMP_SUB(lo, INTERVAL @horizon_days DAY);" if horizon else ""}
+{"SET hhi = TIMESTAMP_ADD(hi, INTERVAL @horizon_days DAY);" if horizon else ""}
 CREATE TEMP TABLE held AS
-SELECT {_FIELDS} FROM {ledger} WHERE event_id IN (SELECT event_id FROM versions);
+SELECT {_FIELDS} FROM {ledger} WHERE event_id IN (SELECT event_id FROM versions) {within};
 INSERT INTO {ledger} ({_FIELDS}, ingested_at)
 SELECT {_FIELDS}, @now FROM versions
 WHERE is_primary AND event_id NOT IN (SELECT event_id FROM held);

@@ -144,6 +144,7 @@ class BigQuerySettings:
     staging_dataset: str | None = None  # PROJECT.DATASET; default: the dataset's name + _staging
     location: str | None = None  # where the datasets must be; None: wherever they are
     create_datasets: bool = False  # create missing datasets (a local run; not the worker's right)
+    dedup_horizon_days: int = 0  # a merge cycle's ledger lookup; 0: the whole ledger
 
 
 def open_warehouse(
@@ -165,6 +166,7 @@ def open_warehouse(
         settings.staging_dataset,
         location=settings.location,
         create_datasets=settings.create_datasets,
+        dedup_horizon_days=settings.dedup_horizon_days,
         run_id=run_id,
     )
 

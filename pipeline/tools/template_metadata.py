@@ -112,6 +112,13 @@ PARAMETERS: dict[str, ParameterSpec] = {
         examples=("europe-west1", "US", "EU", "us-east4"),
         bad=("europe west1", "europe-west1/", "-US"),
     ),
+    "bigquery_dedup_horizon_days": ParameterSpec(
+        "BigQuery dedup horizon (days)",
+        regex=_NON_NEGATIVE_INT,
+        examples=("0", "7", "400"),
+        bad=("-1", "7d", "1.5"),
+        param_type="NUMBER",
+    ),
     "window_size_seconds": ParameterSpec(
         "Window size (seconds)",
         regex=r"^[1-9][0-9]{0,4}$",

@@ -226,3 +226,44 @@ def test_no_value_enters_a_cycles_sql_text(factory: EmulatorWarehouse, tmp_path:
     for tree in _cycle_statements(factory, tmp_path):
         strings = {s.this for s in tree.find_all(exp.Literal) if s.is_string}
         assert strings <= {"0", "-", "."}, (strings, tree.sql("bigquery"))
+
+
+def test_a_dedup_horizon_bounds_the_ledger_lookup_to_its_partitions(
+    factory: EmulatorWarehouse, tmp_path: Path
+) -> None:
+    """With a horizon of N days, the lookup of a cycle's event_ids reads only the ledger's
+    partitions within N days of the cycle's events: a version stored farther away is not found
+    and lands as a second row (the price of the option, as with Datastream's retention); one
+    within it is refused as ever. Without a horizon the lookup reads the whole ledger."""
+    permanent = [t for t in _cycle_statements(factory, tmp_path) if _reads_ledger_lookup(t)]
+    assert [_between(t) for t in permanent] == [None]
+    bounded = dataclasses.replace(factory, dedup_horizon_days=1)
+    (lookup,) = [t for t in _cycle_statements(bounded, tmp_path) if _reads_ledger_lookup(t)]
+    assert _between(lookup) == ("hlo", "hhi")
+
+    writer = bounded()
+    writer.stage_events(ROWS)
+    writer.merge_staged()
+    near = _candidate(0)  # e0000, two hours from its stored version, another amount
+    near = near._replace(event=near.event._replace(
+        amount=Decimal("1"), event_time=near.event.event_time + dt.timedelta(hours=2)))  # fmt: skip
+    far = _candidate(1)  # e0001, forty days away
+    far = far._replace(event=far.event._replace(
+        amount=Decimal("2"), event_time=far.event.event_time + dt.timedelta(days=40)))  # fmt: skip
+    writer.stage_events([near])
+    assert writer.merge_staged().conflicts == 1
+    writer.stage_events([far])
+    assert writer.merge_staged().inserted == 1
+    rows = [r["event_id"] for r in writer.fetch_rows("transaction_events")]
+    assert rows.count("e0000") == 1 and rows.count("e0001") == 2
+
+
+def _reads_ledger_lookup(tree: exp.Expression) -> bool:
+    return isinstance(tree, exp.Create) and tree.this.name == "held"
+
+
+def _between(tree: exp.Expression) -> tuple[str, str] | None:
+    for between in tree.find_all(exp.Between):
+        if between.this.name == "event_time":
+            return between.args["low"].name, between.args["high"].name
+    return None
