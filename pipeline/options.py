@@ -87,7 +87,7 @@ class EffectivelyOnceOptions(PipelineOptions):
             " (permanent dedup; the lookup reads the event_id column's blocks of those ids,"
             " pruned by clustering). N: only the partitions within N days, so a cycle reads the"
             " same bytes whatever the ledger's size, and a version of an event stored more than"
-            " N days away is not found: it lands as a second row. Default: 0",
+            " N days away is not found: it lands as a second row (at most 3650). Default: 0",
         )
         parser.add_argument(
             "--bigquery_location",
@@ -190,6 +190,9 @@ _PROJECT = r"projects/[a-z][a-z0-9-]{4,28}[a-z0-9]"
 _NAME = r"[A-Za-z][\w\-.~+%]{2,254}"
 _SUBSCRIPTION = re.compile(rf"{_PROJECT}/subscriptions/{_NAME}")
 _TOPIC = re.compile(rf"{_PROJECT}/topics/{_NAME}")
+# Ten years: a horizon beyond it is a permanent lookup in all but cost, and a far larger one
+# would take the lookup's bounds out of TIMESTAMP's range.
+MAX_DEDUP_HORIZON_DAYS = 3650
 _LOCATION = re.compile(r"[A-Za-z]+(?:-[a-z]+[0-9]*)*")  # US, EU, europe-west1, us-east4
 
 
@@ -225,8 +228,11 @@ def _warehouse_problem(options: EffectivelyOnceOptions) -> str | None:
             ]
             if given:
                 return f"{', '.join(given)} applies only to --warehouse=bigquery:..."
-        if options.bigquery_dedup_horizon_days < 0:
-            return "--bigquery_dedup_horizon_days must be 0 (the whole ledger) or more"
+        if not 0 <= options.bigquery_dedup_horizon_days <= MAX_DEDUP_HORIZON_DAYS:
+            return (
+                "--bigquery_dedup_horizon_days must be 0 (the whole ledger) to"
+                f" {MAX_DEDUP_HORIZON_DAYS}"
+            )
         if options.bigquery_location and not _LOCATION.fullmatch(options.bigquery_location):
             return "--bigquery_location must be a BigQuery location, e.g. europe-west1 or EU"
         if staging:

@@ -19,9 +19,10 @@ from pipeline.run import build_pipeline
 from pipeline.sinks.bigquery import BigQueryWarehouse
 from pipeline.sinks.warehouse import WarehouseFactory
 from tests.helpers import pipeline_options
-from tests.warehouses import duckdb_factory
+from tests.warehouses import batch_merged_duckdb_factory, duckdb_factory
 
-# The warehouses that merge each batch as it comes (BigQuery).
+# The per-batch sink, each batch merged as it comes (``UpsertLedger``, for a warehouse that does
+# not stage; neither does now, so it is pinned with ``BatchMergedDuckDB``).
 BOUNDED = [
     "ReadEvents",
     "ReadEvents/ReadLines",
@@ -41,7 +42,7 @@ BOUNDED = [
     "MergeDeadLetters/MergeBatches",
 ]
 
-# The warehouses written by staged appends and merge cycles (DuckDB): the ledger's sink differs.
+# Both warehouses are written by staged appends and merge cycles: the ledger's sink differs.
 _BATCH_SINK = ["MergeLedger/BatchByEventDay", "MergeLedger/MergeBatches"]
 _STAGED_SINK = [
     "MergeLedger/BatchForStaging",
@@ -69,13 +70,17 @@ class _Labels(PipelineVisitor):
             self.labels.append(node.full_label)
 
 
-def _batches_factory(folder: Path) -> WarehouseFactory:
-    """A BigQuery warehouse: building the graph connects to nothing."""
-    return functools.partial(BigQueryWarehouse, "local-project", "events")
+def _factory(folder: Path, sink: str) -> WarehouseFactory:
+    """Building the graph connects to nothing, BigQuery included."""
+    if sink == "bigquery":
+        return functools.partial(BigQueryWarehouse, "local-project", "events")
+    if sink == "duckdb":
+        return duckdb_factory(str(folder / "w.duckdb"))
+    return batch_merged_duckdb_factory(str(folder / "w.duckdb"))
 
 
 def _labels(
-    folder: Path, streaming: bool = False, depth: int = 1, staged: bool = False
+    folder: Path, streaming: bool = False, depth: int = 1, sink: str = "batches"
 ) -> list[str]:
     (folder / "a.jsonl").write_text("")
     source = (
@@ -85,8 +90,7 @@ def _labels(
     )
     opts = pipeline_options(**source)
     pipeline = beam.Pipeline(options=opts)
-    factory = duckdb_factory(str(folder / "w.duckdb")) if staged else _batches_factory(folder)
-    build_pipeline(pipeline, opts, warehouse=factory)
+    build_pipeline(pipeline, opts, warehouse=_factory(folder, sink))
     visitor = _Labels()
     pipeline.visit(visitor)
     return [
@@ -98,7 +102,8 @@ def _labels(
 
 def test_bounded_pipeline_labels_are_pinned(tmp_path: Path) -> None:
     assert _labels(tmp_path) == BOUNDED
-    assert _labels(tmp_path, staged=True) == BOUNDED_STAGED
+    for sink in ("duckdb", "bigquery"):
+        assert _labels(tmp_path, sink=sink) == BOUNDED_STAGED, sink
 
 
 def _streaming(bounded: list[str]) -> list[str]:
@@ -114,4 +119,5 @@ def test_streaming_pipeline_labels_are_pinned(tmp_path: Path) -> None:
     assert "MergeLedger/BatchByEventDay/GroupIntoBatches" in _labels(tmp_path, True, depth=2)
     staged = _streaming(BOUNDED_STAGED)
     staged.insert(staged.index("MergeLedger/CountStaged"), "MergeLedger/EveryInterval")
-    assert _labels(tmp_path, streaming=True, staged=True) == staged
+    for sink in ("duckdb", "bigquery"):
+        assert _labels(tmp_path, streaming=True, sink=sink) == staged, sink

@@ -183,7 +183,7 @@ def test_bad_input_does_not_fail_the_run(tmp_path: Path) -> None:
                 "--warehouse=bigquery:my-project.l",
                 "--bigquery_dedup_horizon_days=-1",
             ],
-            "--bigquery_dedup_horizon_days must be 0 (the whole ledger) or more",
+            "--bigquery_dedup_horizon_days must be 0 (the whole ledger) to 3650",
         ),
     ],
 )

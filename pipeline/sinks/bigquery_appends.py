@@ -162,9 +162,13 @@ def append(
     limit: int = MAX_APPEND_BYTES,
 ) -> None:
     """Append ``rows`` to ``stream`` (``projects/P/datasets/D/tables/T/streams/_default``), one
-    call per request, each waited for; raises :class:`AppendFailed` or the client's error."""
+    call per request, each waited for; raises :class:`AppendFailed` or the client's error.
+    Each call carries the stream as its routing header, as the library's own ``AppendRowsStream``
+    does: the generated method sends an empty one, which BigQuery may answer with "Cannot route
+    on empty project id" (googleapis/python-bigquery-storage#577)."""
+    routing = (("x-goog-request-params", f"write_stream={stream}"),)
     for request in append_requests(stream, rows, limit):
-        for response in client.append_rows(iter([request]), timeout=timeout):
+        for response in client.append_rows(iter([request]), timeout=timeout, metadata=routing):
             if response.row_errors:
                 raise AppendFailed(f"the write API refused rows: {response.row_errors}", False)
             if response.error.code:

@@ -38,6 +38,7 @@ _EVENT_COLUMNS = {c.name: c for c in TRANSACTION_EVENTS.columns}
 STAGED_CONFLICTS = Table(
     name="staged_conflicts",
     columns=(
+        Column("conflict_id", "STRING", True, "The cycle's id and a number: unique."),
         Column("cycle_id", "STRING", True, "The merge cycle that refused the version."),
         *(_EVENT_COLUMNS[name] for name in CONTRACT_FIELDS),
         *(
@@ -45,7 +46,7 @@ STAGED_CONFLICTS = Table(
             for name in CONTRACT_FIELDS
         ),
     ),
-    key=("cycle_id", "event_id"),
+    key=("conflict_id",),
     time_column="event_time",
     description="Versions refused by merge cycles, waiting to become dead letters.",
     partitioned=False,
@@ -157,8 +158,10 @@ CREATE TEMP TABLE after_insert AS
 SELECT {_FIELDS} FROM held
 UNION ALL
 SELECT {_FIELDS} FROM versions WHERE is_primary AND event_id NOT IN (SELECT event_id FROM held);
-INSERT INTO {conflicts} (cycle_id, {_FIELDS}, {", ".join("kept_" + c for c in CONTRACT_FIELDS)})
-SELECT @cycle, {", ".join("s." + c for c in CONTRACT_FIELDS)},
+INSERT INTO {conflicts}
+    (conflict_id, cycle_id, {_FIELDS}, {", ".join("kept_" + c for c in CONTRACT_FIELDS)})
+SELECT CONCAT(@cycle, '-', CAST(ROW_NUMBER() OVER () AS STRING)), @cycle,
+       {", ".join("s." + c for c in CONTRACT_FIELDS)},
        {", ".join("l." + c for c in CONTRACT_FIELDS)}
 FROM versions AS s LEFT JOIN after_insert AS l ON l.event_id = s.event_id
 WHERE l.event_id IS NULL OR {differs};
@@ -184,7 +187,12 @@ SELECT transaction_id, {tx_fields}, @now FROM newest
 WHERE transaction_id NOT IN (SELECT transaction_id FROM existing);
 SET upserted = upserted + @@row_count;
 CREATE TEMP TABLE cycle_sums AS
-WITH w AS (SELECT DISTINCT account_id, currency, window_start, window_end FROM versions),
+WITH w AS (
+    -- One row per key of the totals table, so no target row meets two source rows (rows staged
+    -- by runs with another --window_size_seconds would give one window_start two ends).
+    SELECT account_id, currency, window_start, MAX(window_end) AS window_end
+    FROM versions GROUP BY account_id, currency, window_start
+),
 parts AS (
     SELECT w.account_id, w.currency, w.window_start, w.window_end, l.event_id,
            CAST(SIGN(l.amount) AS INT64) AS sign,

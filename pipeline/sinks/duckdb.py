@@ -334,6 +334,8 @@ class _TransactionOutsideLookback(Exception):
 # Windows are recomputed from the ledger, never incremented: a total is then exact whatever was
 # duplicated, replayed or retried. Both the ledger scan and the target are restricted to the
 # batch's windows; a window's row can only be at its window_start, so no fallback is needed.
+# One window per key of the totals table (rows staged by runs with another window size would
+# give one window_start two ends), so no target row meets two source rows.
 #
 # The sum of NUMERIC(38, 9) amounts may not fit NUMERIC(38, 9), and DuckDB's SUM would then fail
 # the batch for good (a crash loop on valid input). So the sum is read as two integer parts that
@@ -344,8 +346,8 @@ _WINDOW_SUMS_SQL = f"""
            count(l.event_id) AS event_count,
            coalesce(sum(trunc(l.amount)::HUGEINT), 0) AS whole_units,
            coalesce(sum(((l.amount - trunc(l.amount)) * 1000000000)::HUGEINT), 0) AS nanos
-    FROM (SELECT DISTINCT account_id, currency, window_start, window_end
-          FROM stage_events) AS w
+    FROM (SELECT account_id, currency, window_start, max(window_end) AS window_end
+          FROM stage_events GROUP BY account_id, currency, window_start) AS w
     LEFT JOIN {TRANSACTION_EVENTS.name} AS l
         ON l.account_id = w.account_id AND l.currency = w.currency
         AND l.event_time >= w.window_start AND l.event_time < w.window_end

@@ -114,9 +114,9 @@ PARAMETERS: dict[str, ParameterSpec] = {
     ),
     "bigquery_dedup_horizon_days": ParameterSpec(
         "BigQuery dedup horizon (days)",
-        regex=_NON_NEGATIVE_INT,
-        examples=("0", "7", "400"),
-        bad=("-1", "7d", "1.5"),
+        regex=r"^(0|[1-9][0-9]{0,2}|[12][0-9]{3}|3[0-5][0-9]{2}|36[0-4][0-9]|3650)$",  # 0..3650
+        examples=("0", "7", "400", "3650"),
+        bad=("-1", "7d", "1.5", "3651", "10000"),
         param_type="NUMBER",
     ),
     "window_size_seconds": ParameterSpec(

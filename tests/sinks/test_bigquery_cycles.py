@@ -20,6 +20,7 @@ from google.cloud.bigquery_storage_v1 import types
 from sqlglot import expressions as exp
 
 from pipeline.events import Event, LedgerCandidate
+from pipeline.sinks import bigquery as bigquery_sink
 from pipeline.sinks.bigquery import BigQueryBatchError, BigQueryWarehouse
 from pipeline.sinks.bigquery_appends import STAGED_EVENTS, append, append_requests, staged_rows
 from pipeline.sinks.bigquery_cycle import STAGED_CONFLICTS
@@ -267,3 +268,25 @@ def _between(tree: exp.Expression) -> tuple[str, str] | None:
         if between.this.name == "event_time":
             return between.args["low"].name, between.args["high"].name
     return None
+
+
+def test_a_backlog_of_refused_versions_is_drained_in_bounded_rounds(
+    factory: EmulatorWarehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = factory()
+    writer.stage_events(ROWS)
+    writer.merge_staged()
+    faulty = _faulty(factory, tmp_path, "conflict:merge")  # the drain fails after the commit
+    faulty.stage_events([_candidate(i, amount="99.00", primary=False) for i in range(5)])
+    with pytest.raises(api_exceptions.BadRequest, match="concurrent update"):
+        faulty.merge_staged()
+    assert _pending_conflicts(writer) == 5
+    monkeypatch.setattr(bigquery_sink, "DRAIN_ROWS", 2)
+    client = faulty.client
+    assert isinstance(client, RecordingBigQueryClient)
+    before = len(client.statements)
+    assert faulty.merge_staged().dead_letters_inserted == 5
+    drains = [s for s in client.statements[before:] if "WHERE conflict_id IN UNNEST" in s]
+    assert len(drains) == 3  # 2 + 2 + 1
+    assert _pending_conflicts(writer) == 0
+    assert len(writer.fetch_rows("dead_letters")) == 5

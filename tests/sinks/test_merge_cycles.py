@@ -200,3 +200,21 @@ def test_the_composite_merges_each_interval_and_at_the_end(tmp_path: Path) -> No
 def test_an_interval_under_a_second_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         StageAndMergeLedger(duckdb_factory(str(tmp_path / "w.duckdb")), merge_interval_seconds=0)
+
+
+def test_rows_staged_with_another_window_size_do_not_break_a_cycle(
+    warehouse: WarehouseFactory,
+) -> None:
+    """Rows staged by a run with another --window_size_seconds give one window_start two ends;
+    the totals statement meets one source row per target row all the same."""
+    writer = warehouse()
+    writer.create_tables()
+    ten_minutes = _candidate(0, 0)
+    one_minute = _candidate(3, 0)._replace(
+        window_end=ten_minutes.window_start + dt.timedelta(seconds=60)
+    )
+    writer.stage_events([ten_minutes, one_minute])
+    assert writer.merge_staged().inserted == 2
+    (total,) = writer.fetch_rows("account_window_totals")[:1]
+    assert total["window_start"] == ten_minutes.window_start
+    writer.close()
