@@ -1,9 +1,8 @@
 """End-to-end batch throughput: the pipeline against the same pipeline built on Beam's
 DeduplicatePerKey, and against a pass-through that reads, parses and writes the same rows with no
 dedup step at all; and (BENCHMARKS.md section 7) against the cheapest pipeline that lands the
-rows, ``append_only`` (read, parse, batch, append to DuckDB: no dedup, no MERGE), with
-``pipeline_batches``, the pipeline with the per-batch sink BigQuery uses. The first three use the
-sink the pipeline uses on DuckDB (staged appends, merge cycles). Each variant runs in its own
+rows, ``append_only`` (read, parse, batch, append to DuckDB: no dedup, no MERGE). The first
+three use the pipeline's sink (staged appends, merge cycles). Each variant runs in its own
 process (peak memory is then its own) on the DirectRunner, into a fresh DuckDB file, and reports
 lines per second.
 
@@ -24,18 +23,18 @@ from apache_beam.transforms.deduplicate import DeduplicatePerKey
 from pipeline import metrics
 from pipeline.dead_letters import DEAD_LETTER_TAG
 from pipeline.events import Event, LedgerCandidate
-from pipeline.sinks.upsert import StageAndMergeLedger, UpsertDeadLetters, UpsertLedger
+from pipeline.sinks.upsert import StageAndMergeLedger, UpsertDeadLetters
 from pipeline.sinks.warehouse import WarehouseFactory, warehouse_factory
 from pipeline.sources import ReadEventFiles
 from pipeline.transforms.dedup import DedupByEventId
 from pipeline.transforms.parse import ParseEvents
 from pipeline.transforms.windows import AssignEventTimeWindows
 
-VARIANTS = ("pipeline", "beam_deduplicate", "passthrough", "append_only", "pipeline_batches")
+VARIANTS = ("pipeline", "beam_deduplicate", "passthrough", "append_only")
 
 
 def _dedup_step(variant: str) -> beam.PTransform:
-    if variant in ("pipeline", "pipeline_batches"):
+    if variant == "pipeline":
         return DedupByEventId(ttl_seconds=3600)  # bounded input: the GroupByKey path
     if variant == "beam_deduplicate":
         # The same semantics as far as Beam's transform goes: one element per key, state expiring
@@ -80,8 +79,6 @@ def run(variant: str, files: str, database: str) -> dict[str, object]:
             | "Batch" >> beam.BatchElements(min_batch_size=5000, max_batch_size=5000)
             | "Append" >> beam.ParDo(_Append(factory))
         )
-    elif variant == "pipeline_batches":
-        _ = candidates | "MergeLedger" >> UpsertLedger(factory)
     else:
         _ = candidates | "MergeLedger" >> StageAndMergeLedger(factory)
     _ = parsed[DEAD_LETTER_TAG] | "MergeDeadLetters" >> UpsertDeadLetters(factory)

@@ -1,7 +1,9 @@
-"""Memory of one sink row on a worker: what a bounded run holds per row of a slice.
+"""Memory of one sink row on a worker: what the per-batch sink held per row of a slice.
 
-A bounded run groups each slice of event time (``--batch_slice_seconds``) and sorts its rows in
-one worker's memory, so the slice's rows times this size is what that worker holds at once. The
+The per-batch sink (removed on 6 December: the ledger is now staged and merged in cycles, with no
+sort in a worker) grouped each slice of event time and sorted its rows in one worker's memory;
+this measures that, for the record of BENCHMARKS.md section 4 (dead letters are still batched
+that way, by arrival time). The
 rows are measured as the sink receives them: ledger candidates decoded by their coder (window
 bounds shared through the coder's cache, as in a run), then at the peak of the sink's sort
 (its sort keys and the sorted list beside the rows), with ``tracemalloc``.
@@ -23,7 +25,6 @@ from pipeline.events import (
     LedgerCandidateCoder,
     parse_event,
 )
-from pipeline.sinks.upsert import event_order
 from pipeline.tools.reconcile import window_of
 
 
@@ -45,7 +46,7 @@ def run(files: str) -> dict[str, object]:
     tracemalloc.start()
     rows = [coder.decode(value) for value in encoded]
     held, _ = tracemalloc.get_traced_memory()
-    ordered = sorted(rows, key=event_order)
+    ordered = sorted(rows, key=lambda c: (c.event.event_time, c.event.event_id))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert len(ordered) == len(rows)

@@ -84,9 +84,9 @@ def _sections(events: int, scale: int) -> dict[str, Callable[[], Any]]:
         "batch_large": lambda: batch(events // scale, rounds=3),
         "shared_path": lambda: shared_path(events // scale),
         # The local measure of the staged design: the pipeline against the cheapest pipeline
-        # that lands the rows (append only), and the per-batch sink, back to back.
+        # that lands the rows (append only), back to back.
         "staged_local": lambda: batch(
-            200_000 // scale, rounds=3, variants=("append_only", "pipeline", "pipeline_batches")
+            200_000 // scale, rounds=3, variants=("append_only", "pipeline")
         ),
         "row_memory": lambda: _json(
             "bench.row_memory", f"{_input(events // scale)}/events-*.jsonl"
@@ -236,7 +236,7 @@ def _batch_lines(key: str, runs: list[dict[str, Any]]) -> list[str]:
 def _staged_lines(runs: list[dict[str, Any]]) -> list[str]:
     rounds = _by_variant(runs)
     lines: list[str] = []
-    ratios: dict[str, list[float]] = {"pipeline": [], "pipeline_batches": []}
+    ratios: dict[str, list[float]] = {"pipeline": []}
     for number, rows in rounds.items():
         base = rows["append_only"]["lines_per_second"]
         for variant, values in ratios.items():

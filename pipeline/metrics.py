@@ -32,7 +32,6 @@ CONFLICTS = "conflicts_dead_lettered"
 TRANSACTIONS_UPSERTED = "transactions_rows_upserted"
 WINDOW_TOTALS_UPSERTED = "window_totals_rows_upserted"
 DEAD_LETTERS_INSERTED = "dead_letters_rows_inserted"
-MERGE_BATCHES = "merge_batches"
 ROWS_STAGED = "ledger_rows_staged"
 MERGE_CYCLES = "merge_cycles"
 MERGE_RETRIES = "merge_retries"
@@ -101,17 +100,11 @@ class RunSummary:
         return self.get(DUPLICATES_PIPELINE) + self.get(DUPLICATES_WAREHOUSE)
 
     def _writes(self) -> tuple[str, str]:
-        """How the sink wrote: staged appends and merge cycles, or batches merged as they came
-        (the warehouse's design; pipeline/sinks/upsert.py)."""
+        """How the sink wrote: staged appends and merge cycles (pipeline/sinks/upsert.py)."""
         retries = f"{self.get(MERGE_RETRIES)}, {self.get(MERGE_FALLBACKS)}"
-        if self.get(ROWS_STAGED) or self.get(MERGE_CYCLES):
-            return (
-                "rows staged, merge cycles (retries, unrestricted fallbacks)",
-                f"{self.get(ROWS_STAGED)}, {self.get(MERGE_CYCLES)} ({retries})",
-            )
         return (
-            "merge batches (retries, unrestricted fallbacks)",
-            f"{self.get(MERGE_BATCHES)} ({retries})",
+            "rows staged, merge cycles (retries, unrestricted fallbacks)",
+            f"{self.get(ROWS_STAGED)}, {self.get(MERGE_CYCLES)} ({retries})",
         )
 
     def render(self) -> str:

@@ -138,23 +138,23 @@ class EffectivelyOnceOptions(PipelineOptions):
             "--max_batch_rows",
             type=int,
             default=5000,
-            help="Most rows per MERGE batch. Default: 5000",
+            help="Most rows per staged append, and per dead-letter MERGE batch. Default: 5000",
         )
         parser.add_argument(
             "--batch_flush_seconds",
             type=float,
             default=5.0,
-            help="Streaming only: longest a row waits in a batch before the batch is merged,"
-            " in seconds. Default: 5",
+            help="Streaming only: longest a dead letter waits in a batch before the batch is"
+            " merged, in seconds. Default: 5",
         )
         parser.add_argument(
             "--batch_slice_seconds",
             type=int,
             default=SECONDS_PER_DAY,
-            help="Bounded input only: rows are grouped and sorted into MERGE batches per slice of"
-            " this many seconds of event time (arrival time for dead letters); one slice's rows"
-            " are held in one worker's memory at once, so lower it (e.g. 3600) when a day of"
-            " input does not fit a worker. Must divide a day. Default: 86400 (a UTC day)",
+            help="Bounded input only: dead letters are grouped and sorted into MERGE batches per"
+            " slice of this many seconds of arrival time; one slice's rows are held in one"
+            " worker's memory at once, so lower it (e.g. 3600) when a day of bad input does not"
+            " fit a worker. Must divide a day. Default: 86400 (a UTC day)",
         )
         parser.add_argument(
             "--log_level",

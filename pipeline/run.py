@@ -34,14 +34,12 @@ from pipeline.sinks.upsert import (
     Checkpointing,
     StageAndMergeLedger,
     UpsertDeadLetters,
-    UpsertLedger,
 )
 from pipeline.sinks.warehouse import (
     MergeOutcome,
     WarehouseFactory,
     WarehouseSetupError,
     open_warehouse,
-    stages_events,
     warehouse_factory,
 )
 from pipeline.sources import (
@@ -118,12 +116,9 @@ def build_pipeline(
         "initial_retry_delay_seconds": opts.merge_retry_delay_seconds,
         "checkpointing": checkpointing,
     }
-    if stages_events(factory):
-        merged = candidates | "MergeLedger" >> StageAndMergeLedger(
-            factory, merge_interval_seconds=opts.merge_interval_seconds, **sink_args
-        )
-    else:
-        merged = candidates | "MergeLedger" >> UpsertLedger(factory, **sink_args)
+    merged = candidates | "MergeLedger" >> StageAndMergeLedger(
+        factory, merge_interval_seconds=opts.merge_interval_seconds, **sink_args
+    )
     dead_letters_merged = parsed[DEAD_LETTER_TAG] | "MergeDeadLetters" >> UpsertDeadLetters(
         factory, **sink_args
     )
@@ -152,14 +147,12 @@ def check_warehouse(options: PipelineOptions) -> None:
         warehouse.close()
 
 
-def merge_what_is_staged(options: PipelineOptions) -> MergeOutcome | None:
+def merge_what_is_staged(options: PipelineOptions) -> MergeOutcome:
     """The last merge cycle of a local run that stops when idle: the runner is cancelled, not
     drained, so the pipeline's own last cycle does not run; this one merges what it staged."""
     opts = options.view_as(EffectivelyOnceOptions)
     warehouse = open_warehouse(opts.warehouse, bigquery_settings(options))
     try:
-        if not warehouse.stages:
-            return None
         outcome = warehouse.merge_staged()
     finally:
         warehouse.close()
@@ -245,10 +238,9 @@ def _run_streaming(options: PipelineOptions) -> metrics.RunSummary:
             result.cancel()
             progress.close_all()  # everything pulled is staged or merged: close the warehouses
             last = merge_what_is_staged(options)
-            if last is not None:
-                for name, value in metrics.outcome_counts(last).items():
-                    progress.count(name, value)
-                progress.count(metrics.MERGE_CYCLES)
+            for name, value in metrics.outcome_counts(last).items():
+                progress.count(name, value)
+            progress.count(metrics.MERGE_CYCLES)
         else:
             result.wait_until_finish()
         return metrics.RunSummary(progress.tally())

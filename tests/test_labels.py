@@ -19,10 +19,9 @@ from pipeline.run import build_pipeline
 from pipeline.sinks.bigquery import BigQueryWarehouse
 from pipeline.sinks.warehouse import WarehouseFactory
 from tests.helpers import pipeline_options
-from tests.warehouses import batch_merged_duckdb_factory, duckdb_factory
+from tests.warehouses import duckdb_factory
 
-# The per-batch sink, each batch merged as it comes (``UpsertLedger``, for a warehouse that does
-# not stage; neither does now, so it is pinned with ``BatchMergedDuckDB``).
+# Both warehouses are written by staged appends and merge cycles.
 BOUNDED = [
     "ReadEvents",
     "ReadEvents/ReadLines",
@@ -35,23 +34,14 @@ BOUNDED = [
     "AssignWindows",
     "AssignWindows/StampWindowBounds",
     "MergeLedger",
-    "MergeLedger/BatchByEventDay",
-    "MergeLedger/MergeBatches",
-    "MergeDeadLetters",
-    "MergeDeadLetters/BatchByArrivalDay",
-    "MergeDeadLetters/MergeBatches",
-]
-
-# Both warehouses are written by staged appends and merge cycles: the ledger's sink differs.
-_BATCH_SINK = ["MergeLedger/BatchByEventDay", "MergeLedger/MergeBatches"]
-_STAGED_SINK = [
     "MergeLedger/BatchForStaging",
     "MergeLedger/AppendToStaging",
     "MergeLedger/CountStaged",
     "MergeLedger/MergeCycle",
+    "MergeDeadLetters",
+    "MergeDeadLetters/BatchByArrivalDay",
+    "MergeDeadLetters/MergeBatches",
 ]
-_SINK_AT = BOUNDED.index(_BATCH_SINK[0])
-BOUNDED_STAGED = [*BOUNDED[:_SINK_AT], *_STAGED_SINK, *BOUNDED[_SINK_AT + len(_BATCH_SINK) :]]
 
 # Streaming replaces the GroupByKey dedup by the stateful one (its state is keyed by this label).
 STREAMING_STATEFUL = ["DedupByEventId/FirstVersionPerEventId"]
@@ -74,13 +64,11 @@ def _factory(folder: Path, sink: str) -> WarehouseFactory:
     """Building the graph connects to nothing, BigQuery included."""
     if sink == "bigquery":
         return functools.partial(BigQueryWarehouse, "local-project", "events")
-    if sink == "duckdb":
-        return duckdb_factory(str(folder / "w.duckdb"))
-    return batch_merged_duckdb_factory(str(folder / "w.duckdb"))
+    return duckdb_factory(str(folder / "w.duckdb"))
 
 
 def _labels(
-    folder: Path, streaming: bool = False, depth: int = 1, sink: str = "batches"
+    folder: Path, streaming: bool = False, depth: int = 1, sink: str = "duckdb"
 ) -> list[str]:
     (folder / "a.jsonl").write_text("")
     source = (
@@ -101,9 +89,8 @@ def _labels(
 
 
 def test_bounded_pipeline_labels_are_pinned(tmp_path: Path) -> None:
-    assert _labels(tmp_path) == BOUNDED
     for sink in ("duckdb", "bigquery"):
-        assert _labels(tmp_path, sink=sink) == BOUNDED_STAGED, sink
+        assert _labels(tmp_path, sink=sink) == BOUNDED, sink
 
 
 def _streaming(bounded: list[str]) -> list[str]:
@@ -114,10 +101,9 @@ def _streaming(bounded: list[str]) -> list[str]:
 
 
 def test_streaming_pipeline_labels_are_pinned(tmp_path: Path) -> None:
-    assert _labels(tmp_path, streaming=True) == _streaming(BOUNDED)
-    # The sink's batching state in streaming:
-    assert "MergeLedger/BatchByEventDay/GroupIntoBatches" in _labels(tmp_path, True, depth=2)
-    staged = _streaming(BOUNDED_STAGED)
-    staged.insert(staged.index("MergeLedger/CountStaged"), "MergeLedger/EveryInterval")
+    expected = _streaming(BOUNDED)
+    expected.insert(expected.index("MergeLedger/CountStaged"), "MergeLedger/EveryInterval")
     for sink in ("duckdb", "bigquery"):
-        assert _labels(tmp_path, streaming=True, sink=sink) == staged, sink
+        assert _labels(tmp_path, streaming=True, sink=sink) == expected, sink
+    # The dead letters' batching state in streaming:
+    assert "MergeDeadLetters/BatchByArrivalDay/GroupIntoBatches" in _labels(tmp_path, True, 2)

@@ -12,8 +12,8 @@ from pipeline import metrics
 from pipeline.sinks.warehouse import WarehouseFactory
 from pipeline.tools.generate import GeneratorConfig, generate
 from pipeline.tools.reconcile import Report, Truth, check_invariants, check_truth, fetch_tables
-from tests.helpers import AUDIT_COLUMNS, read_tables, run_lines
-from tests.warehouses import EmulatorWarehouse, batch_merged_duckdb_factory, duckdb_factory
+from tests.helpers import read_tables, run_lines
+from tests.warehouses import EmulatorWarehouse, duckdb_factory
 
 
 def _dataset(events: int = 600, seed: int = 3, **rates: float) -> tuple[list[bytes], Truth]:
@@ -150,28 +150,3 @@ def test_stateful_dedup_with_conflicts_reconciles(tmp_path: Path) -> None:
     factory = duckdb_factory(str(tmp_path / "stateful.duckdb"))
     _accounting_holds(run_lines(lines, factory, dedup_strategy="stateful"))
     assert _reconcile(factory, truth) == []
-
-
-def test_batch_slices_change_the_batches_not_the_tables(tmp_path: Path) -> None:
-    # Slices are the per-batch design's (BigQuery's), run here on DuckDB merged batch by batch.
-    # Events over two days with conflicts: slices of a whole day, an hour and five minutes must
-    # give identical tables, with one MERGE batch per slice that holds events (batches are
-    # large enough never to split a slice), so the option demonstrably reaches the sink. A
-    # conflict's reason is left out of the comparison: it says whether the accepted version was
-    # in the same batch or already committed, which depends on how rows fall into batches.
-    config = GeneratorConfig(events=400, seed=9, files=1, accounts=30, span_hours=48)
-    generated, truth = generate(config)
-    lines = [line.payload for line in generated]
-    times = [v.event_time for versions in truth.versions.values() for v in versions]
-    tables = []
-    for slice_seconds in (86400, 3600, 300):
-        factory = batch_merged_duckdb_factory(str(tmp_path / f"slice-{slice_seconds}.duckdb"))
-        summary = run_lines(
-            lines, factory, max_batch_rows=10_000, batch_slice_seconds=slice_seconds
-        )
-        _accounting_holds(summary)
-        slices = {int(t.timestamp()) // slice_seconds for t in times}
-        assert summary.get(metrics.MERGE_BATCHES) == len(slices)
-        assert _reconcile(factory, Truth(truth.versions, truth.malformed, len(lines))) == []
-        tables.append(read_tables(factory, drop=(*AUDIT_COLUMNS, "error")))
-    assert tables[0] == tables[1] == tables[2]

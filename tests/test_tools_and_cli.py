@@ -193,22 +193,8 @@ def test_invalid_options_fail_fast(args: list[str], message: str) -> None:
     assert message in result.stderr
 
 
-@pytest.mark.parametrize(
-    ("counters", "line"),
-    [
-        (
-            {metrics.ROWS_STAGED: 12, metrics.MERGE_CYCLES: 2, metrics.MERGE_RETRIES: 1},
-            "rows staged, merge cycles (retries, unrestricted fallbacks)  12, 2 (1, 0)",
-        ),
-        (
-            {metrics.MERGE_BATCHES: 3, metrics.MERGE_FALLBACKS: 1},
-            "merge batches (retries, unrestricted fallbacks)  3 (0, 1)",
-        ),
-    ],
-)
-def test_the_summary_reports_the_sinks_own_design(counters: dict[str, int], line: str) -> None:
-    rendered = metrics.RunSummary(counters).render()
-    assert rendered.splitlines()[-1].split(None, 0)[0].strip().endswith(line.split("  ")[1])
-    assert line.split("  ", maxsplit=1)[0] in rendered
-    other = "merge batches" if metrics.ROWS_STAGED in counters else "rows staged"
-    assert other not in rendered
+def test_the_summary_reports_staged_appends_and_merge_cycles() -> None:
+    counters = {metrics.ROWS_STAGED: 12, metrics.MERGE_CYCLES: 2, metrics.MERGE_RETRIES: 1}
+    last = metrics.RunSummary(counters).render().splitlines()[-1].strip()
+    assert last.startswith("rows staged, merge cycles (retries, unrestricted fallbacks)")
+    assert last.endswith("12, 2 (1, 0)")

@@ -92,23 +92,12 @@ def duckdb_factory(path: str) -> WarehouseFactory:
     return functools.partial(DuckDBWarehouse, path)
 
 
-class BatchMergedDuckDB(DuckDBWarehouse):
-    """DuckDB written as BigQuery is, each batch merged as it comes (``UpsertLedger``), so the
-    per-batch design's Beam side runs in the fast tests too."""
-
-    stages = False
-
-
 class DelegatingWarehouse(Warehouse):
     """A real warehouse behind the interface, every call passed through: the base of the
     test seams that change one behaviour of a real warehouse."""
 
     def __init__(self, inner: Warehouse) -> None:
         self.inner = inner
-
-    @property
-    def stages(self) -> bool:  # type: ignore[override]
-        return self.inner.stages
 
     def create_tables(self) -> None:
         self.inner.create_tables()
@@ -148,10 +137,6 @@ class MergedByCycles(DelegatingWarehouse):
     def merge_events(self, batch: Sequence[LedgerCandidate]) -> MergeOutcome:
         self.inner.stage_events(batch)
         return self.inner.merge_staged()
-
-
-def batch_merged_duckdb_factory(path: str) -> WarehouseFactory:
-    return functools.partial(BatchMergedDuckDB, path)
 
 
 def fresh_bigquery(

@@ -241,8 +241,9 @@ def batch_slots(project: str, dataset: str, size: int) -> threading.BoundedSemap
 class BigQueryWarehouse(Warehouse):
     """The tables in one BigQuery dataset, staged through another.
 
-    Written by staged appends and merge cycles (``stages``); ``merge_events``, each batch
-    merged as it comes, remains for callers that merge one batch.
+    The pipeline writes it by staged appends and merge cycles (``stage_events``,
+    ``merge_staged``); ``merge_events`` merges one batch as it comes, for callers that have one
+    (the warehouse contract tests, benchmarks).
 
     The worker needs only what terraform/iam.tf grants it (docs/BIGQUERY.md, "The rights"):
     bigquery.jobUser on the project, to run jobs, and bigquery.dataEditor on the two datasets, to
@@ -328,8 +329,6 @@ class BigQueryWarehouse(Warehouse):
         if self._write_client is not None:
             self._write_client.transport.close()
             self._write_client = None
-
-    stages = True
 
     def is_transient(self, error: BaseException) -> bool:
         return _is_transient(error)

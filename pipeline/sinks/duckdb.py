@@ -1,6 +1,6 @@
 """DuckDB: the embedded warehouse for local runs and tests, with the same semantics as BigQuery.
 
-Written by staged appends and merge cycles (``stages``): workers append their rows in bulk (an
+Written by staged appends and merge cycles: workers append their rows in bulk (an
 Arrow table, no row-by-row INSERT) to ``staged_events``; a merge cycle takes what is staged when
 it starts and merges each UTC day of it as one batch, then deletes exactly the rows it took.
 A batch (a day of a cycle, or one given to ``merge_events``) is one transaction of set-based
@@ -456,8 +456,6 @@ def _conflict(row: tuple[Any, ...]) -> DeadLetter:
 
 class DuckDBWarehouse(Warehouse):
     """The four tables in one DuckDB file; every batch in one transaction."""
-
-    stages = True
 
     def __init__(
         self,

@@ -1,38 +1,27 @@
-"""The MERGE upsert sinks: two designs over the warehouse seam, with the same guarantees.
+"""The MERGE upsert sinks over the warehouse seam.
 
-* :class:`StageAndMergeLedger` (warehouses that set ``Warehouse.stages``: DuckDB): rows are
-  appended to the warehouse's staging table in parallel, per bundle, and merge cycles merge what
-  is staged, set-based, every ``merge_interval_seconds`` and when the input ends. No key, no
-  sort in a worker's memory, one set of statements per cycle.
-* :class:`UpsertLedger` (BigQuery, until it stages too): batches merged as they come, below.
+* :class:`StageAndMergeLedger`: ledger candidates are appended to the warehouse's staging table
+  in parallel, per bundle, and merge cycles merge what is staged, set-based, every
+  ``merge_interval_seconds`` and when the input ends. No key, no sort in a worker's memory, one
+  set of statements per cycle, whatever the number of workers.
+* :class:`UpsertDeadLetters`: dead letters are merged in batches as they come, keyed by arrival
+  time so that a batch never spans two UTC days (its MERGE is restricted to one partition).
+  Bounded input: GroupByKey per slice of ``slice_seconds`` of arrival time (a whole UTC day by
+  default; a slice divides a day), then chunks of at most ``max_batch_rows`` in arrival order.
+  Unbounded input: ``GroupIntoBatches`` per day, flushed at ``max_batch_rows`` or after
+  ``flush_seconds`` of buffering, whichever comes first.
 
-Batches are keyed by event time (arrival time, for dead letters) and never span two UTC days, so
-a batch touches one partition and its MERGE can be restricted to it.
-
-* Bounded input: GroupByKey per slice of ``slice_seconds`` of event time (a whole UTC day by
-  default; a slice divides a day), then chunks of at most ``max_batch_rows`` in event-time
-  order, so each chunk spans a narrow time range. A slice's rows are sorted in one worker's
-  memory (about 0.74 KB a row at the sort's peak, BENCHMARKS.md section 4): shorter slices bound
-  what a worker holds for a large backfill, and let a day's slices merge on different workers.
-  A day stays the default because the runner emits slices in no time order, and on DuckDB
-  hourly slices made the 1M bench run 12-16% slower, all in the MERGE step, before change 18
-  removed the part due to unrestricted re-merges (README, Limits; BENCHMARKS.md section 4).
-* Unbounded input: ``GroupIntoBatches`` per day, flushed at ``max_batch_rows`` or after
-  ``flush_seconds`` of buffering, whichever comes first. Its buffer is bounded by the batch size,
-  so no slicing is needed; one key per day keeps the MERGEs of a day in one queue (README, DML
-  quota).
-
-Streaming progress: with a :class:`Checkpointing`, each committed batch (or staged append: staged
-rows are durable, and a later cycle merges them) settles the source positions (Pub/Sub publish
-times) of its rows in the run's progress, and the oldest position not yet safely committed,
-minus a margin, is written to the warehouse as the replay checkpoint (pipeline/progress.py
-explains why and when this applies).
+Streaming progress: with a :class:`Checkpointing`, each staged append (staged rows are durable,
+and a later cycle merges them) or committed dead-letter batch settles the source positions
+(Pub/Sub publish times) of its rows in the run's progress, and the oldest position not yet
+safely committed, minus a margin, is written to the warehouse as the replay checkpoint
+(pipeline/progress.py explains why and when this applies).
 
 Failure: a transient warehouse error is retried with exponential backoff (Beam's
 ``retry.with_exponential_backoff``); when retries run out, or for any other error, the DoFn
 raises, the bundle fails and the runner retries it (forever in streaming on Dataflow). Nothing is
-dropped. A retried batch is harmless: every MERGE only inserts what is absent and recomputes
-what it touches.
+dropped. A retried append or cycle is harmless: a cycle counts identical versions once, inserts
+only what is absent and recomputes what it touches.
 """
 
 from __future__ import annotations
@@ -203,25 +192,6 @@ class _WarehouseDoFn(beam.DoFn):
         return decorated()
 
 
-class MergeEventBatchesFn(_WarehouseDoFn):
-    def process(self, element: tuple[str, Iterable[LedgerCandidate]]) -> Iterator[MergeOutcome]:
-        _, rows = element
-        batch: Sequence[LedgerCandidate] = list(rows)
-        warehouse = self._writer()
-        outcome = self._with_retries(lambda: warehouse.merge_events(batch))
-        self._count_outcome(outcome)
-        self._counters.inc(metrics.MERGE_BATCHES)
-        self._settle(candidate.source_time for candidate in batch)
-        _LOG.info(
-            "Merged a batch of %d: %d inserted, %d duplicates, %d conflicts",
-            len(batch),
-            outcome.inserted,
-            outcome.duplicates,
-            outcome.conflicts,
-        )
-        yield outcome
-
-
 class StageEventBatchesFn(_WarehouseDoFn):
     """Appends each batch to the warehouse's staging table; outputs how many rows it staged.
     A staged row is durable, and the next merge cycle (of this run or of a later one) merges it,
@@ -292,19 +262,6 @@ def _slice(value: dt.datetime, slice_seconds: int) -> str:
     return f"{utc.date().isoformat()}T{start // 3600:02d}:{start // 60 % 60:02d}:{start % 60:02d}Z"
 
 
-def _event_day(candidate: LedgerCandidate) -> str:
-    return _day(candidate.event.event_time)
-
-
-def _event_slice(candidate: LedgerCandidate, slice_seconds: int) -> str:
-    return _slice(candidate.event.event_time, slice_seconds)
-
-
-def event_order(candidate: LedgerCandidate) -> Hashable:
-    """The order of rows in a bounded batch: event time, then event_id."""
-    return candidate.event.event_time, candidate.event.event_id
-
-
 def _arrival_day(row: DeadLetter) -> str:
     return _day(row.arrival_time)
 
@@ -338,40 +295,21 @@ class _Upsert(beam.PTransform):
         self._fn_args = (warehouse_factory, num_retries, initial_retry_delay_seconds, checkpointing)
 
 
-class BatchByEventDay(BatchForMerge):
-    """Ledger candidates in batches within one UTC day of event time, each in event-time order
+class BatchByArrivalDay(BatchForMerge):
+    """Dead letters in batches within one UTC day of arrival time, each in arrival order
     (bounded input: one slice of ``slice_seconds``, by default the day, per key): the narrow
-    time range that keeps each MERGE's cost flat."""
+    time range that keeps each MERGE restricted to one partition."""
 
     def __init__(
         self, max_rows: int, flush_seconds: float, slice_seconds: int = SECONDS_PER_DAY
     ) -> None:
         validate_slice_seconds(slice_seconds)
         super().__init__(
-            _event_day,
-            event_order,
+            _arrival_day,
+            _arrival_order,
             max_rows,
             flush_seconds,
-            bounded_key=functools.partial(_event_slice, slice_seconds=slice_seconds),
-        )
-
-
-class UpsertLedger(_Upsert):
-    """MERGE ledger candidates into transaction_events, transactions and account_window_totals.
-
-    Input: :class:`LedgerCandidate` s in the global window. Output: one :class:`MergeOutcome` per
-    committed batch. Effectively-once: a candidate whose version the ledger already holds changes
-    nothing; one that differs from the ledger's version becomes a conflict dead letter in the same
-    transaction; windows touched by a batch are recomputed from the ledger, so totals stay exact
-    under duplicates, replays and retries.
-    """
-
-    def expand(self, candidates: beam.PCollection) -> beam.PCollection:
-        return (
-            candidates
-            | "BatchByEventDay"
-            >> BatchByEventDay(self._max_batch_rows, self._flush_seconds, self._slice_seconds)
-            | "MergeBatches" >> beam.ParDo(MergeEventBatchesFn(*self._fn_args))
+            bounded_key=functools.partial(_arrival_slice, slice_seconds=slice_seconds),
         )
 
 
@@ -384,8 +322,10 @@ class StageAndMergeLedger(_Upsert):
     ``BatchElements``): no key, so no worker merges for the others. A merge cycle runs every
     ``merge_interval_seconds`` of processing time while rows arrive (unbounded input: an early
     firing of the global window), and once more when the input ends (bounded input: once, after
-    every append; unbounded: at a drain). Each cycle merges what is staged when it runs, by the
-    same rules as :class:`UpsertLedger`, so the guarantees are the same: a row staged twice, or
+    every append; unbounded: at a drain). Each cycle merges what is staged when it runs by the
+    rules of pipeline/sinks/ledger_rules.py: a candidate whose version the ledger already holds
+    changes nothing; one that differs from the ledger's version becomes a conflict dead letter;
+    windows touched are recomputed from the ledger, so totals stay exact; a row staged twice, or
     merged twice after a crash, changes nothing. Staging is durable: rows a run staged and did
     not merge are merged by the next cycle of any later run.
     """
@@ -433,12 +373,6 @@ class UpsertDeadLetters(_Upsert):
         return (
             dead_letters
             | "BatchByArrivalDay"
-            >> BatchForMerge(
-                _arrival_day,
-                _arrival_order,
-                self._max_batch_rows,
-                self._flush_seconds,
-                bounded_key=functools.partial(_arrival_slice, slice_seconds=self._slice_seconds),
-            )
+            >> BatchByArrivalDay(self._max_batch_rows, self._flush_seconds, self._slice_seconds)
             | "MergeBatches" >> beam.ParDo(MergeDeadLetterBatchesFn(*self._fn_args))
         )

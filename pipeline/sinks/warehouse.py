@@ -57,11 +57,6 @@ class WarehouseSetupError(RuntimeError):
 class Warehouse(abc.ABC):
     """A place the four tables live in, written only through idempotent MERGEs."""
 
-    # Written by staged appends and merge cycles (pipeline/sinks/upsert.py,
-    # ``StageAndMergeLedger``) when true; otherwise each batch is merged as it comes
-    # (``UpsertLedger``).
-    stages: bool = False
-
     @abc.abstractmethod
     def create_tables(self) -> None:
         """Create the tables if they do not exist; safe to call concurrently and repeatedly."""
@@ -70,21 +65,22 @@ class Warehouse(abc.ABC):
     def merge_events(self, batch: Sequence[LedgerCandidate]) -> MergeOutcome:
         """Stage the batch and MERGE it into transaction_events, transactions and
         account_window_totals (and conflict rows into dead_letters), atomically where the
-        warehouse allows. Running it again with the same batch changes nothing."""
+        warehouse allows. Running it again with the same batch changes nothing. (The pipeline
+        stages and merges in cycles; this merges one batch at once, for tools and tests.)"""
 
+    @abc.abstractmethod
     def stage_events(self, batch: Sequence[LedgerCandidate]) -> None:
-        """Append the batch to the warehouse's staging table, for a later :meth:`merge_staged`.
-        Appends may repeat (a retried bundle): the merge makes them idempotent. Only warehouses
-        that set ``stages`` implement it."""
-        raise NotImplementedError(f"{type(self).__name__} merges batches, it does not stage")
+        """Append the batch to the warehouse's staging table, for a later :meth:`merge_staged`
+        (how the pipeline writes: pipeline/sinks/upsert.py, ``StageAndMergeLedger``). Appends
+        may repeat (a retried bundle): the merge makes them idempotent."""
 
+    @abc.abstractmethod
     def merge_staged(self) -> MergeOutcome:
         """Merge every row staged and committed before the call, as :meth:`merge_events` merges
         a batch (set-based, one UTC day of event time at a time), then remove those rows from
         staging. A crash in between leaves them staged and the next call merges them again,
         which changes nothing; rows staged meanwhile wait for the next call. Returns the sum of
         the days' outcomes."""
-        raise NotImplementedError(f"{type(self).__name__} merges batches, it does not stage")
 
     @abc.abstractmethod
     def merge_dead_letters(self, rows: Sequence[DeadLetter]) -> int:
@@ -125,16 +121,6 @@ def parse_warehouse_url(url: str) -> tuple[str, str]:
 
         parse_dataset(location)
     return kind, location
-
-
-def stages_events(factory: WarehouseFactory) -> bool:
-    """Whether the factory's warehouse is written through staging and merge cycles. Opening a
-    warehouse connects to nothing until it is used."""
-    warehouse = factory()
-    try:
-        return warehouse.stages
-    finally:
-        warehouse.close()
 
 
 @dataclass(frozen=True)
