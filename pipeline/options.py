@@ -117,7 +117,7 @@ class EffectivelyOnceOptions(PipelineOptions):
             default=0,
             help="Allowed lateness of the event-time windowing, in seconds, for windowed steps"
             " added on the pipeline's windowed output. Late events are never dropped from the"
-            " tables (see README, Windows and late data). Default: 0",
+            " tables (see docs/STREAMING.md, Windows and late data). Default: 0",
         )
         parser.add_argument(
             "--dedup_ttl_seconds",

@@ -24,8 +24,8 @@ only after the last merge, and an idle clock that counted arrivals alone would a
 out by then.
 
 On Dataflow none of this runs: Dataflow acknowledges only after a durable commit, and replay is an
-operator's seek (see README, Operate). The registry is process-local by design; a handle whose run
-is not registered in this process is inert.
+operator's seek (see docs/OPERATE.md, Replay and recovery). The registry is process-local by
+design; a handle whose run is not registered in this process is inert.
 
 The same per-run object keeps a tally of the pipeline's counters, because the streaming
 DirectRunner of Beam 2.77 loses Beam counter updates after the first bundle of each step and

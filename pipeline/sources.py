@@ -48,7 +48,7 @@ class ReadPubSubMessages(beam.PTransform):
 
     Element timestamps are the ``timestamp_attribute``'s value when given (Beam's source then
     derives the watermark from it, and on Dataflow a message without it fails the read), else the
-    publish time. No step of this pipeline groups by those timestamps; see README, Streaming.
+    publish time. No step of this pipeline groups by those timestamps; see docs/STREAMING.md.
     """
 
     def __init__(

@@ -9,8 +9,8 @@ The warehouse must then hold exactly PostgreSQL's committed events, each once, i
   restarted relay (duplicates on the topic, seen on a tap subscription), the warehouse is exact;
 * two relays at once while requests arrive: every row published, the warehouse is exact.
 
-Slow: the DirectRunner's last flush lags up to ~30 s after the last message (README, "Running
-locally"), so each test takes about 45 s. Without PostgreSQL or the emulator they fail.
+Slow: the DirectRunner's last flush lags up to ~30 s after the last message (docs/STREAMING.md,
+"Running locally"), so each test takes about 45 s. Without PostgreSQL or the emulator they fail.
 """
 
 from __future__ import annotations
