@@ -131,9 +131,9 @@ def _window_bounds(values: Sequence[dt.datetime]) -> pa.Array:
 
 def stage_events_table(candidates: Sequence[LedgerCandidate]) -> pa.Table:
     """A batch as the Arrow table of ``stage_events``. The rows are transposed into columns by
-    ``zip`` (candidates and events are tuples), not by a getattr per field and row; times go
-    through integer microseconds. 3.5-4.4 -> 1.8-2.5 us a row (5,000 decoded candidates,
-    BENCHMARKS.md change 17)."""
+    ``zip`` (candidates and events are tuples), not by a getattr per field and row, and times go
+    through integer microseconds: both halve the cost of a row against the per-value way
+    (measured: BENCHMARKS.md, section 1)."""
     events, primaries, starts, ends, _ = zip(*candidates, strict=True)
     by_field = dict(zip(Event._fields, zip(*events, strict=True), strict=True))
     times = by_field.pop("event_time")  # nearly all distinct: converted one by one
@@ -274,10 +274,10 @@ def _conflicts_sql(restricted: bool, outside: bool) -> str:
 # TRANSACTION_LOOKBACK, where nearly every transaction's row lies: flat as the table grows. A row
 # further away (a payment settled days after its authorisation) is invisible to it, and its
 # insert trips the PRIMARY KEY. That batch is merged again with the upsert, which finds every row
-# through the key's index wherever it lies (``ON CONFLICT DO UPDATE``). Why two paths
-# (BENCHMARKS.md, change 18): the upsert's index lookups cost more as the table grows (2-3
-# times as long into 5M transactions as into 50k), so the MERGE stays the common path; and before
-# the upsert such a batch was merged again unrestricted, every statement scanning its table whole.
+# through the key's index wherever it lies (``ON CONFLICT DO UPDATE``). Why two paths: the
+# upsert's index lookups cost more as the table grows, so the MERGE stays the common path; and
+# without the upsert such a batch would be merged again unrestricted, every statement scanning
+# its table whole (measured: BENCHMARKS.md, section 2).
 TRANSACTION_LOOKBACK = dt.timedelta(days=1)
 _TRANSACTION_FIELDS = ("account_id", "amount", "currency", "status", "event_time", "event_id")
 

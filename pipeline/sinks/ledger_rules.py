@@ -35,8 +35,8 @@ def prepare(batch: Iterable[LedgerCandidate]) -> PreparedBatch:
     """
     # Grouped by event_id first: nearly every id appears once in a batch, and a string's hash
     # is cheap where a whole event's (a Decimal, a datetime, five strings) is not; versions are
-    # compared only within an id (a third of the cost of keying a dict by the event or less:
-    # BENCHMARKS.md, change 14).
+    # compared only within an id, never hashed whole (measured: BENCHMARKS.md, section 1, "Why
+    # 3x DeduplicatePerKey is not met").
     versions: dict[str, list[LedgerCandidate]] = {}
     total = 0
     for candidate in batch:
