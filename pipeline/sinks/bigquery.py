@@ -688,7 +688,7 @@ class BigQueryWarehouse(Warehouse):
                 [c for c in candidates if c.event.event_id in first],
                 [c for c in candidates if c.event.event_id not in first],
             )
-            return _sum_outcomes(self._merge_in_parts(part) for part in parts)
+            return sum((self._merge_in_parts(part) for part in parts), MergeOutcome())
 
     def _merge_events(self, candidates: Sequence[LedgerCandidate]) -> MergeOutcome:
         self._check_request_sizes(candidates)
@@ -1144,21 +1144,6 @@ def _request_bytes(sql: str, config: bigquery.QueryJobConfig) -> int:
     configuration = config.to_api_repr()
     configuration.setdefault("query", {})["query"] = sql
     return len(json.dumps({"configuration": configuration}).encode("utf-8"))
-
-
-def _sum_outcomes(outcomes: Iterable[MergeOutcome]) -> MergeOutcome:
-    total = MergeOutcome()
-    for part in outcomes:
-        total = MergeOutcome(
-            inserted=total.inserted + part.inserted,
-            duplicates=total.duplicates + part.duplicates,
-            conflicts=total.conflicts + part.conflicts,
-            transactions_upserted=total.transactions_upserted + part.transactions_upserted,
-            windows_upserted=total.windows_upserted + part.windows_upserted,
-            dead_letters_inserted=total.dead_letters_inserted + part.dead_letters_inserted,
-            used_fallback=total.used_fallback or part.used_fallback,
-        )
-    return total
 
 
 class _Repair:
