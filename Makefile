@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 RUN_DIR ?= build/run
 EVENTS ?= 100000
 
-.PHONY: help install run run-streaming emulator bq-emulator bq-emulator-probe test test-fast lint format bench clean
+.PHONY: help install run run-streaming emulator bq-emulator bq-emulator-probe contract test test-fast lint format bench clean
 
 help:
 	@echo "make run    generate $(EVENTS) events, run the pipeline twice into DuckDB, reconcile"
@@ -20,6 +20,7 @@ help:
 	@echo "make lint   ruff and mypy"
 	@echo "make bench  the benchmarks of BENCHMARKS.md (long; not part of make test)"
 	@echo "make bq-emulator-probe  what the local BigQuery emulator supports, feature by feature"
+	@echo "make contract  after editing pipeline/contract.py: regenerate the files derived from it"
 	@echo "make clean  remove build outputs (keeps .venv)"
 
 install: $(INSTALLED)
@@ -66,6 +67,12 @@ bq-emulator:
 # ones are listed in docs/BIGQUERY.md, so the target reports them and succeeds.
 bq-emulator-probe: install bq-emulator
 	-$(PY) scripts/bq_emulator/probe.py
+
+# After editing the event contract (pipeline/contract.py): write the files derived from it that
+# live outside the package (the BigQuery JSON schemas Terraform reads). A test fails when they
+# drift. docs/CONTRACT.md.
+contract: install
+	$(PY) -m pipeline.tools.schemas
 
 # Benchmarks (not part of make test): about 50 minutes on a 2-core machine (BENCHMARKS.md);
 # BENCH_ARGS=--quick runs the same shape at a tenth of the sizes. Results:

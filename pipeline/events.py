@@ -1,10 +1,9 @@
-"""The event contract: what a transaction event is, and how raw input becomes one.
+"""Events in the pipeline: raw input parsed against the contract (pipeline/contract.py), the
+order in which versions of an event are chosen, and the Beam coders of events and candidates.
 
 Everything downstream relies on one property established here: two events are equal (``==``,
-``hash``) exactly when their contract fields are equal after normalisation. Amounts are
-``Decimal`` quantised to the warehouse scale of 9 fraction digits, so ``10.5`` and ``"10.50"``
-are the same value; event times are UTC ``datetime`` objects, so ``02:00+02:00`` and ``00:00Z``
-are the same instant. Dedup compares events with ``==``; nothing ever goes through ``float``.
+``hash``) exactly when their contract fields are equal after normalisation (see
+pipeline/field_kinds.py). Dedup compares events with ``==``; nothing ever goes through ``float``.
 
 Input that breaks the contract raises :class:`ContractViolation`, whose ``field`` names the
 offending field (or ``payload`` when the whole record is unusable); the parse step turns it into
@@ -16,208 +15,129 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
-import re
-import unicodedata
-from collections.abc import Mapping, Sequence
-from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.coders import FastPrimitivesCoder
 
-# Warehouse money type is DECIMAL(38, 9) / BigQuery NUMERIC: 29 integer and 9 fraction digits.
-AMOUNT_SCALE = 9
-AMOUNT_INTEGER_DIGITS = 29
-_QUANTUM = Decimal(1).scaleb(-AMOUNT_SCALE)
-# Python's default decimal context keeps 28 digits and rounds silently. Money needs 38 digits
-# and must never round: this context is wide enough for any sum of NUMERIC values the tools
-# compute, and traps (raises on) any rounding instead of hiding it.
-MONEY_CONTEXT = Context(prec=100, traps=[InvalidOperation, Inexact, Rounded, Overflow])
-# Every NUMERIC(38, 9) value is below this in absolute value.
-NUMERIC_LIMIT = Decimal(10) ** AMOUNT_INTEGER_DIGITS
+from pipeline.contract import CONTRACT_FIELDS, FIELD, FIELDS, TRANSACTION_FIELDS, Event
+from pipeline.field_kinds import (
+    AMOUNT_INTEGER_DIGITS,
+    AMOUNT_SCALE,
+    BOOL_BYTES,
+    EPOCH,
+    MAX_EVENT_TIME,
+    MONEY_CONTEXT,
+    NONE_BYTES,
+    NUMERIC_LIMIT,
+    ContractViolation,
+    JsonNumber,
+    Kind,
+    NonFinite,
+    format_amount,
+    format_timestamp,
+    from_micros,
+    json_type,
+    parse_rfc3339,
+    parse_timestamp,
+    time_bytes,
+    to_micros,
+)
 
-MAX_ID_LENGTH = 128
-STATUSES = ("PENDING", "POSTED", "REVERSED")
-CONTRACT_FIELDS = (
-    "event_id",
-    "transaction_id",
-    "account_id",
-    "amount",
-    "currency",
-    "status",
+__all__ = [
+    "AMOUNT_INTEGER_DIGITS",
+    "AMOUNT_SCALE",
+    "CONTRACT_FIELDS",
+    "EPOCH",
+    "FIELDS",
+    "MAX_EVENT_TIME",
+    "MONEY_CONTEXT",
+    "NUMERIC_LIMIT",
+    "TRANSACTION_FIELDS",
+    "ContractViolation",
+    "Event",
+    "EventCoder",
+    "LedgerCandidate",
+    "LedgerCandidateCoder",
+    "format_amount",
+    "format_timestamp",
+    "from_micros",
+    "parse_event",
+    "parse_rfc3339",
+    "parse_timestamp",
+    "to_micros",
+    "version_order",
+]
+
+_TUPLE_HEADER = 2
+
+
+def _order_sql(name: str) -> str:
+    return name if FIELD[name].required else f"{name} ASC NULLS LAST"
+
+
+# The order in which one of several versions of an event is chosen: the earliest event time,
+# then the smallest field by field in the contract's order (an absent optional value last). The
+# dedup step (``version_order``) and both warehouses' SQL (``VERSION_ORDER_SQL``, ORDER BY
+# columns) sort by the same fields, so all of them choose the same version.
+_VERSION_ORDER = (
     "event_time",
+    *(n for n in CONTRACT_FIELDS if n not in ("event_id", "event_time")),
 )
-ID_FIELDS = ("event_id", "transaction_id", "account_id")
-
-# The last instant an event may carry. BigQuery TIMESTAMP ends at 9999-12-31T23:59:59.999999Z;
-# keeping a day of margin guarantees that the end of any window (at most one day long, see
-# options.py) is still a valid warehouse timestamp.
-MAX_EVENT_TIME = dt.datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=dt.UTC)
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-# Unicode categories Cc (control characters) and Cs (surrogates, which JSON's \\u escapes can
-# produce unpaired and which no warehouse can store): one regex instead of a per-character loop.
-_FORBIDDEN_IN_IDS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
-_CURRENCY = re.compile(r"[A-Z]{3}")
-_RFC3339 = re.compile(
-    r"(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})[Tt]"
-    r"(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})"
-    r"(?:\.(?P<fraction>[0-9]+))?"
-    r"(?P<offset>[Zz]|[+-][0-9]{2}:[0-9]{2})"
-)
-# The shape producers almost always send (UTC, "Z", at most microseconds, no leap second), which
-# datetime.fromisoformat parses exactly, in C: a third of the cost of the general path below,
-# which every other valid or invalid value still takes (tests check that both agree).
-_RFC3339_UTC_MICROS = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](?:\.[0-9]{1,6})?Z"
-)
+VERSION_ORDER_SQL = ", ".join(_order_sql(name) for name in _VERSION_ORDER)
+_ORDER_INDEXES = tuple(CONTRACT_FIELDS.index(name) for name in _VERSION_ORDER)
+_OPTIONAL = frozenset(i for i, f in enumerate(FIELDS) if not f.required)
 
 
-class ContractViolation(ValueError):
-    """Raised when input breaks the event contract; ``field`` names what is wrong."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
-
-
-class Event(NamedTuple):
-    """A transaction event that satisfies the contract, in normalised form."""
-
-    event_id: str
-    transaction_id: str
-    account_id: str
-    amount: Decimal
-    currency: str
-    status: str
-    event_time: dt.datetime
-
-    def to_json(self) -> str:
-        """Canonical JSON: equal events give equal text (used for conflict dead letters)."""
-        return json.dumps(
-            {
-                "event_id": self.event_id,
-                "transaction_id": self.transaction_id,
-                "account_id": self.account_id,
-                "amount": format_amount(self.amount),
-                "currency": self.currency,
-                "status": self.status,
-                "event_time": format_timestamp(self.event_time),
-            },
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
-
-    def differing_fields(self, other: Event) -> list[str]:
-        """Names of the contract fields in which two versions of an event differ."""
-        return [name for name in CONTRACT_FIELDS if getattr(self, name) != getattr(other, name)]
-
-
-def format_amount(amount: Decimal) -> str:
-    """Plain notation, never exponent notation, with the warehouse scale."""
-    return f"{amount.quantize(_QUANTUM, context=MONEY_CONTEXT):f}"
-
-
-def format_timestamp(value: dt.datetime) -> str:
-    """RFC 3339 in UTC with microseconds, e.g. ``2026-01-01T00:00:00.000000Z``."""
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-_ONE_MICROSECOND = dt.timedelta(microseconds=1)
-
-
-def to_micros(value: dt.datetime) -> int:
-    """Microseconds since the epoch, exact (no float on the way)."""
-    return (value - EPOCH) // _ONE_MICROSECOND
-
-
-# ``version_order`` as SQL's ORDER BY columns, for the warehouses that choose in SQL.
-VERSION_ORDER_SQL = "event_time, transaction_id, account_id, amount, currency, status"
-
-
-def version_order(event: Event) -> tuple[int, str, str, Decimal, str, str]:
-    """The order in which one of several versions of an event is chosen: the earliest event
-    time, then the smallest field by field. Both warehouses' SQL sorts by the same columns
-    (``ORDER BY event_time, transaction_id, account_id, amount, currency, status``), so the
-    dedup step and every warehouse choose the same version."""
-    return (
-        to_micros(event.event_time),
-        event.transaction_id,
-        event.account_id,
-        event.amount,
-        event.currency,
-        event.status,
+def version_order(event: Event) -> tuple[Any, ...]:
+    """The sort key of ``VERSION_ORDER_SQL``: (0, value) sorts before (1,), an absent value."""
+    return tuple(
+        ((1,) if event[i] is None else (0, event[i])) if i in _OPTIONAL else event[i]
+        for i in _ORDER_INDEXES
     )
 
 
-def from_micros(micros: int) -> dt.datetime:
-    # Positional (days, seconds, microseconds): exact for ints, and twice as fast as the keyword
-    # form on this hot path (every decoded event).
-    return EPOCH + dt.timedelta(0, 0, micros)
+# Each field's conversion to and from the primitive Beam's fast coder writes exactly (money as
+# its canonical string, times as integer microseconds), None (an absent optional value) as None.
+# Fields whose value is already a primitive (text) are passed as they are: this runs for every
+# element of every shuffle.
+def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else convert(value)
 
 
-# Beam's fast coder writes a tuple as a type tag and its length, then each field: a string as a
-# tag, its UTF-8 length and bytes; an int as a tag and a var-int; a bool as a tag and a byte; None
-# as a tag. The estimates below count exactly that.
-_TUPLE_HEADER = 2
-_INT_TAG = 1
-_BOOL_BYTES = 2
-_NONE_BYTES = 1
+def _conversions(method: str) -> tuple[tuple[int, Callable[[Any], Any]], ...]:
+    result = []
+    for index, f in enumerate(FIELDS):
+        convert = getattr(f.kind, method)
+        if getattr(type(f.kind), method) is getattr(Kind, method):
+            continue  # the identity (text)
+        result.append((index, convert if f.required else _optional(convert)))
+    return tuple(result)
 
 
-def _varint_bytes(value: int) -> int:
-    """Bytes of Beam's var-int of ``value``: 7 bits a byte; a negative int64 (a time before
-    1970) is written as its unsigned 64-bit value, which takes 10."""
-    return 10 if value < 0 else max(1, (value.bit_length() + 6) // 7)
-
-
-def _text_bytes(text: str) -> int:
-    size = len(text) if text.isascii() else len(text.encode())
-    return size + (2 if size < 128 else 1 + _varint_bytes(size))
-
-
-def _time_bytes(value: dt.datetime) -> int:
-    # Times from late 1987 to 2254 all take 8 var-int bytes: compared, not converted, on this
-    # path that Beam takes for every row of a sampled group.
-    if _EIGHT_BYTE_TIMES_FROM <= value < _EIGHT_BYTE_TIMES_UNTIL:
-        return _INT_TAG + 8
-    return _INT_TAG + _varint_bytes(to_micros(value))
-
-
-_EIGHT_BYTE_TIMES_FROM = from_micros(1 << 49)
-_EIGHT_BYTE_TIMES_UNTIL = from_micros(1 << 56)
+_ENCODINGS = _conversions("encode")
+_DECODINGS = _conversions("decode")
+_SIZES = tuple(
+    (lambda v, k=f.kind: NONE_BYTES if v is None else k.encoded_bytes(v))
+    if not f.required
+    else f.kind.encoded_bytes
+    for f in FIELDS
+)
+_WIDTH = len(FIELDS)
+_EVENT_TIME = CONTRACT_FIELDS.index("event_time")
 
 
 def _estimated_event_size(value: Event) -> int:
-    return (
-        _TUPLE_HEADER
-        + _text_bytes(value.event_id)
-        + _text_bytes(value.transaction_id)
-        + _text_bytes(value.account_id)
-        + _text_bytes(str(value.amount))
-        + _text_bytes(value.currency)
-        + _text_bytes(value.status)
-        + _time_bytes(value.event_time)
-    )
+    return _TUPLE_HEADER + sum(size(v) for size, v in zip(_SIZES, value, strict=True))
 
 
-_EventFields = tuple[str, str, str, str, str, str, int]
-
-
-def _event_fields(value: Event) -> _EventFields:
-    return (
-        value.event_id,
-        value.transaction_id,
-        value.account_id,
-        # str() round-trips a Decimal exactly (value and exponent); amounts are already
-        # quantised at parse, so no formatting work is needed on this hot path.
-        str(value.amount),
-        value.currency,
-        value.status,
-        to_micros(value.event_time),
-    )
+def _event_fields(value: Event) -> list[Any]:
+    """The event's fields as primitives, in the contract's order."""
+    fields = list(value)
+    for index, convert in _ENCODINGS:
+        fields[index] = convert(fields[index])
+    return fields
 
 
 # Beam's compiled coder itself, not the Python-level Coder object around it (one call less per
@@ -229,19 +149,11 @@ _new_tuple = tuple.__new__
 
 
 def _event_from_fields(fields: Sequence[Any]) -> Event:
-    """An event from the first seven of ``fields`` (as :func:`_event_fields` made them)."""
-    return _new_tuple(
-        Event,
-        (
-            fields[0],
-            fields[1],
-            fields[2],
-            Decimal(fields[3]),
-            fields[4],
-            fields[5],
-            from_micros(fields[6]),
-        ),
-    )
+    """An event from the first ``_WIDTH`` of ``fields`` (as :func:`_event_fields` made them)."""
+    values = list(fields[:_WIDTH])
+    for index, convert in _DECODINGS:
+        values[index] = convert(values[index])
+    return _new_tuple(Event, values)
 
 
 class EventCoder(beam.coders.Coder):
@@ -249,10 +161,13 @@ class EventCoder(beam.coders.Coder):
 
     Without it Beam would pickle every event between stages. Encoding the fields as primitives
     (amount as its canonical string, time as integer microseconds) is both faster and exact.
+    The fields are written in the contract's order, derived from it: a field added to the
+    contract is encoded with the others (pipelines are updated by drain and replace, docs/
+    CONTRACT.md, so no encoding of another contract is ever decoded).
     """
 
     def encode(self, value: Event) -> bytes:
-        return _PRIMITIVES.encode(_event_fields(value))
+        return _PRIMITIVES.encode(tuple(_event_fields(value)))
 
     def estimate_size(self, value: Event) -> int:
         # Beam samples element sizes for its metrics (and Dataflow for its sizing); the default
@@ -276,14 +191,6 @@ beam.coders.registry.register_coder(Event, EventCoder)
 # --- parsing -------------------------------------------------------------------------------------
 
 
-class _JsonNumber(str):
-    """The literal text of a JSON number, kept so amounts never pass through float."""
-
-
-class _NonFinite(str):
-    """NaN / Infinity / -Infinity, which Python's json accepts but JSON does not."""
-
-
 class _DuplicateKeys(dict[str, Any]):
     duplicates: tuple[str, ...] = ()
 
@@ -304,9 +211,9 @@ def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 _DECODER = json.JSONDecoder(
-    parse_float=_JsonNumber,
-    parse_int=_JsonNumber,
-    parse_constant=_NonFinite,
+    parse_float=JsonNumber,
+    parse_int=JsonNumber,
+    parse_constant=NonFinite,
     object_pairs_hook=_object_pairs,
 )
 
@@ -326,163 +233,31 @@ def decode_payload(payload: bytes) -> Mapping[str, Any]:
     except json.JSONDecodeError as error:
         raise ContractViolation("payload", f"not JSON ({error.msg} at {error.pos})") from None
     if not isinstance(value, dict):
-        raise ContractViolation("payload", f"not a JSON object but {_json_type(value)}")
+        raise ContractViolation("payload", f"not a JSON object but {json_type(value)}")
     return value
 
 
+_PARSERS = tuple((f.name, f.kind.parse, f.required) for f in FIELDS)
+
+
 def parse_event(payload: bytes) -> Event:
-    """Validate one raw record against the contract and return the normalised event."""
+    """Validate one raw record against the contract and return the normalised event. Fields are
+    checked in the contract's order; the first one broken is named. An optional field may be
+    absent or null."""
     obj = decode_payload(payload)
     for name in getattr(obj, "duplicates", ()):
         if name in CONTRACT_FIELDS:
             raise ContractViolation(name, "appears more than once in the object")
-    ids = [_parse_id(obj, name) for name in ID_FIELDS]
-    return Event(
-        ids[0],
-        ids[1],
-        ids[2],
-        _parse_amount(_require(obj, "amount")),
-        _parse_currency(_require(obj, "currency")),
-        _parse_status(_require(obj, "status")),
-        parse_timestamp(_require(obj, "event_time"), "event_time"),
-    )
-
-
-def _json_type(value: object) -> str:
-    if isinstance(value, _NonFinite):
-        return f"the non-JSON constant {value}"
-    kinds: tuple[tuple[type | None, str], ...] = (
-        (type(None), "null"),
-        (bool, "a boolean"),
-        (_JsonNumber, "a number"),
-        (str, "a string"),
-        (list, "an array"),
-    )
-    return next((name for kind, name in kinds if isinstance(value, kind or ())), "an object")
-
-
-def _require(obj: Mapping[str, Any], name: str) -> Any:
-    if name not in obj:
-        raise ContractViolation(name, "missing")
-    value = obj[name]
-    if value is None:
-        raise ContractViolation(name, "null")
-    return value
-
-
-def _require_string(obj_value: Any, name: str) -> str:
-    if not isinstance(obj_value, str) or isinstance(obj_value, _JsonNumber | _NonFinite):
-        raise ContractViolation(name, f"must be a string, got {_json_type(obj_value)}")
-    return obj_value
-
-
-def _parse_id(obj: Mapping[str, Any], name: str) -> str:
-    value = _require_string(_require(obj, name), name)
-    if not 1 <= len(value) <= MAX_ID_LENGTH:
-        raise ContractViolation(name, f"length {len(value)} is outside 1..{MAX_ID_LENGTH}")
-    bad = _FORBIDDEN_IN_IDS.search(value)
-    if bad:
-        char = bad.group()
-        if unicodedata.category(char) == "Cs":
-            raise ContractViolation(name, "contains an unpaired surrogate (not valid Unicode)")
-        raise ContractViolation(name, f"contains the control character U+{ord(char):04X}")
-    return value
-
-
-def _parse_amount(value: Any) -> Decimal:
-    if isinstance(value, _NonFinite):
-        raise ContractViolation("amount", f"{value} is not a finite decimal")
-    if isinstance(value, bool) or not isinstance(value, str):
-        raise ContractViolation("amount", f"must be a string or number, got {_json_type(value)}")
-    if not _PLAIN_DECIMAL.fullmatch(value):
-        raise ContractViolation("amount", f"{_clip(value)!r} is not a plain decimal")
-    _, _, fraction = value.partition(".")
-    if len(fraction) > AMOUNT_SCALE:
-        raise ContractViolation(
-            "amount", f"{len(fraction)} fraction digits, at most {AMOUNT_SCALE} allowed"
-        )
-    try:
-        amount = Decimal(value)
-    except InvalidOperation:  # unreachable after the regex; kept as a guard, not a crash
-        raise ContractViolation("amount", f"{_clip(value)!r} is not a decimal") from None
-    if amount.copy_abs() >= NUMERIC_LIMIT:  # copy_abs: abs() would round to 28 digits
-        raise ContractViolation("amount", f"more than {AMOUNT_INTEGER_DIGITS} integer digits")
-    # Quantising to the warehouse scale is exact here (at most 9 fraction digits) and gives equal
-    # values one representation: 10.5 and 10.50 both become 10.500000000.
-    return MONEY_CONTEXT.add(amount.quantize(_QUANTUM, context=MONEY_CONTEXT), 0)  # -0 -> 0
-
-
-def _parse_currency(value: Any) -> str:
-    value = _require_string(value, "currency")
-    if not _CURRENCY.fullmatch(value):
-        raise ContractViolation("currency", f"{_clip(value)!r} is not three uppercase letters")
-    return value
-
-
-def _parse_status(value: Any) -> str:
-    value = _require_string(value, "status")
-    if value not in STATUSES:
-        raise ContractViolation("status", f"{_clip(value)!r} is not one of {', '.join(STATUSES)}")
-    return value
-
-
-def parse_timestamp(value: Any, name: str) -> dt.datetime:
-    """RFC 3339 date-time with an offset, to an aware UTC datetime (microsecond precision)."""
-    value = _require_string(value, name)
-    if _RFC3339_UTC_MICROS.fullmatch(value):
-        try:
-            utc = dt.datetime.fromisoformat(value)
-        except ValueError:
-            pass  # e.g. February 30: the general path below names the problem
+    values: list[Any] = []
+    for name, parse, required in _PARSERS:
+        value = obj.get(name)
+        if value is None:
+            if required:
+                raise ContractViolation(name, "missing" if name not in obj else "null")
+            values.append(None)
         else:
-            if utc <= MAX_EVENT_TIME:
-                return utc
-    return _parse_rfc3339(value, name)
-
-
-def _parse_rfc3339(value: str, name: str) -> dt.datetime:
-    """parse_timestamp's general path: every RFC 3339 shape, and the reason a value is refused."""
-    match = _RFC3339.fullmatch(value)
-    if not match:
-        raise ContractViolation(name, f"{_clip(value)!r} is not an RFC 3339 date-time with offset")
-    parts = match.groupdict()
-    fraction = parts["fraction"] or ""
-    if fraction[6:].strip("0"):
-        raise ContractViolation(name, "has precision finer than microseconds")
-    if parts["second"] == "60":
-        raise ContractViolation(name, "leap seconds cannot be represented in UTC timestamps")
-    offset = parts["offset"].upper()
-    try:
-        if offset == "Z":
-            tz = dt.UTC
-        else:
-            hours, minutes = int(offset[1:3]), int(offset[4:6])
-            if hours > 23 or minutes > 59:
-                raise ValueError("offset out of range")
-            sign = -1 if offset[0] == "-" else 1
-            tz = dt.timezone(sign * dt.timedelta(hours=hours, minutes=minutes))
-        local = dt.datetime(
-            int(parts["year"]),
-            int(parts["month"]),
-            int(parts["day"]),
-            int(parts["hour"]),
-            int(parts["minute"]),
-            int(parts["second"]),
-            int(fraction[:6].ljust(6, "0")),
-            tzinfo=tz,
-        )
-        utc = local.astimezone(dt.UTC)
-    except (ValueError, OverflowError) as error:
-        raise ContractViolation(
-            name, f"{_clip(value)!r} is not a valid date-time ({error})"
-        ) from None
-    if utc > MAX_EVENT_TIME:
-        raise ContractViolation(name, f"is after {format_timestamp(MAX_EVENT_TIME)}")
-    return utc
-
-
-def _clip(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
+            values.append(parse(value, name))
+    return _new_tuple(Event, values)
 
 
 # --- what the pipeline hands to the warehouse ----------------------------------------------------
@@ -513,6 +288,11 @@ def window_bound(micros: int) -> dt.datetime:
     return from_micros(micros)
 
 
+# The candidate's encoding: the event's fields, then these, at offsets named here so that a
+# field added to the contract moves them all (nothing is read at a fixed position).
+_PRIMARY, _WINDOW_START, _WINDOW_END, _SOURCE = range(_WIDTH, _WIDTH + 4)
+
+
 class LedgerCandidateCoder(beam.coders.Coder):
     """The event's fields, the verdict and three times as one tuple of primitives (one pass of
     Beam's fast coder, not a nested encoding)."""
@@ -525,43 +305,47 @@ class LedgerCandidateCoder(beam.coders.Coder):
         if source is None:
             source_micros = None
         elif source is value.event.event_time:  # file input: the source time is the event time
-            source_micros = fields[-1]
+            source_micros = fields[_EVENT_TIME]
         else:
             source_micros = to_micros(source)
-        return _PRIMITIVES.encode(
-            (
-                *fields,
-                value.primary,
-                to_micros(value.window_start),
-                to_micros(value.window_end),
-                source_micros,
-            )
+        fields += (
+            value.primary,
+            to_micros(value.window_start),
+            to_micros(value.window_end),
+            source_micros,
         )
+        return _PRIMITIVES.encode(tuple(fields))
 
     def estimate_size(self, value: LedgerCandidate) -> int:
         # The event's fields, the flag and three times, in one tuple (see EventCoder's).
         source = value.source_time
         return (
             _estimated_event_size(value.event)
-            + _BOOL_BYTES
-            + _time_bytes(value.window_start)
-            + _time_bytes(value.window_end)
-            + (_NONE_BYTES if source is None else _time_bytes(source))
+            + BOOL_BYTES
+            + time_bytes(value.window_start)
+            + time_bytes(value.window_end)
+            + (NONE_BYTES if source is None else time_bytes(source))
         )
 
     def decode(self, encoded: bytes) -> LedgerCandidate:
-        fields = _PRIMITIVES.decode(encoded)  # the event's seven, then the four below
+        fields = _PRIMITIVES.decode(encoded)
         event = _event_from_fields(fields)
-        source = fields[10]
+        source = fields[_SOURCE]
         if source is None:
             source_time = None
-        elif source == fields[6]:
+        elif source == fields[_EVENT_TIME]:
             source_time = event.event_time
         else:
             source_time = from_micros(source)
         return _new_tuple(
             LedgerCandidate,
-            (event, fields[7], window_bound(fields[8]), window_bound(fields[9]), source_time),
+            (
+                event,
+                fields[_PRIMARY],
+                window_bound(fields[_WINDOW_START]),
+                window_bound(fields[_WINDOW_END]),
+                source_time,
+            ),
         )
 
     def is_deterministic(self) -> bool:

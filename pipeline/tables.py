@@ -1,4 +1,5 @@
-"""The four output tables (and the checkpoints table), defined once.
+"""The four output tables (and the checkpoints table), defined once; the event's columns are
+the contract's fields (pipeline/contract.py).
 
 Every warehouse derives its DDL from these definitions: DuckDB's CREATE TABLE, BigQuery's, and
 the BigQuery JSON schema files Terraform reads (``terraform/schemas/``, written by
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from pipeline.contract import FIELD, FIELDS, TRANSACTION_FIELDS, Field
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
@@ -66,20 +69,15 @@ def _ts(name: str, description: str, required: bool = True) -> Column:
     return Column(name, "TIMESTAMP", required, description)
 
 
-_EVENT_FIELDS = (
-    _s("transaction_id", "Business transaction the event belongs to."),
-    _s("account_id", "Account the amount is booked on."),
-    Column("amount", "NUMERIC", True, "Exact amount, NUMERIC(38, 9); never a float."),
-    _s("currency", "ISO 4217 code, three uppercase letters."),
-    _s("status", "PENDING, POSTED or REVERSED."),
-    _ts("event_time", "When the event happened, UTC."),
-)
+def contract_column(field: Field) -> Column:
+    """A contract field's column (pipeline/contract.py): nullable when the field is optional."""
+    return Column(field.name, field.kind.column_type, field.required, field.kind.description)
+
 
 TRANSACTION_EVENTS = Table(
     name="transaction_events",
     columns=(
-        _s("event_id", "Idempotency key: one row per event, never updated."),
-        *_EVENT_FIELDS,
+        *(contract_column(f) for f in FIELDS),
         _ts("ingested_at", "When the row was first merged, UTC."),
     ),
     key=("event_id",),
@@ -95,7 +93,7 @@ TRANSACTIONS = Table(
     name="transactions",
     columns=(
         _s("transaction_id", "One row per transaction."),
-        *(c for c in _EVENT_FIELDS if c.name != "transaction_id"),
+        *(contract_column(FIELD[name]) for name in TRANSACTION_FIELDS),
         _s(
             "event_id",
             "The event whose fields the row holds: latest event_time, ties to the"
@@ -179,7 +177,7 @@ ALL_TABLES = (*DATA_TABLES, INGEST_CHECKPOINTS)
 
 
 # BigQuery's own names, as its API returns them (Terraform then shows no spurious diff).
-_BIGQUERY_TYPES = {
+BIGQUERY_TYPES = {
     "STRING": "STRING",
     "NUMERIC": "NUMERIC",
     "TIMESTAMP": "TIMESTAMP",
@@ -189,14 +187,16 @@ _BIGQUERY_TYPES = {
 }
 
 
+def bigquery_field(column: Column) -> dict[str, str]:
+    """A column in BigQuery's JSON schema format."""
+    return {
+        "name": column.name,
+        "type": BIGQUERY_TYPES[column.type],
+        "mode": "REQUIRED" if column.required else "NULLABLE",
+        "description": column.description,
+    }
+
+
 def bigquery_schema(table: Table) -> list[dict[str, str]]:
     """The table's columns in BigQuery's JSON schema format."""
-    return [
-        {
-            "name": column.name,
-            "type": _BIGQUERY_TYPES[column.type],
-            "mode": "REQUIRED" if column.required else "NULLABLE",
-            "description": column.description,
-        }
-        for column in table.columns
-    ]
+    return [bigquery_field(column) for column in table.columns]

@@ -13,9 +13,9 @@ from pipeline.tools.schemas import DEFAULT_OUT, render
 @pytest.mark.parametrize("table", ALL_TABLES, ids=lambda t: t.name)
 def test_committed_schema_files_match_the_package(table) -> None:  # type: ignore[no-untyped-def]
     path = DEFAULT_OUT / f"{table.name}.json"
-    assert path.exists(), "run: python -m pipeline.tools.schemas"
+    assert path.exists(), "run: make contract"
     assert path.read_text(encoding="utf-8") == render(table.name), (
-        f"{path} drifted from pipeline/tables.py; run: python -m pipeline.tools.schemas"
+        f"{path} drifted from pipeline/tables.py and pipeline/contract.py; run: make contract"
     )
 
 

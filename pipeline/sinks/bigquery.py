@@ -50,6 +50,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import re
 import threading
@@ -68,8 +69,10 @@ from pipeline.dead_letters import DeadLetter, conflict_dead_letter
 from pipeline.events import (
     AMOUNT_SCALE,
     CONTRACT_FIELDS,
+    FIELDS,
     MONEY_CONTEXT,
     NUMERIC_LIMIT,
+    TRANSACTION_FIELDS,
     Event,
     LedgerCandidate,
     format_amount,
@@ -77,6 +80,7 @@ from pipeline.events import (
 )
 from pipeline.sinks import ledger_rules
 from pipeline.sinks.bigquery_appends import (
+    SCHEMA_NOT_YET_SEEN,
     STAGED_EVENTS,
     AppendFailed,
     WriteClientFactory,
@@ -85,22 +89,28 @@ from pipeline.sinks.bigquery_appends import (
     staged_rows,
 )
 from pipeline.sinks.bigquery_cycle import STAGED_CONFLICTS, cycle_script
+from pipeline.sinks.schema_evolution import StoredColumn, evolution
 from pipeline.sinks.warehouse import MergeOutcome, Warehouse, WarehouseSetupError
 from pipeline.tables import (
     ACCOUNT_WINDOW_TOTALS,
     ALL_TABLES,
+    BIGQUERY_TYPES,
     DEAD_LETTERS,
     INGEST_CHECKPOINTS,
     TRANSACTION_EVENTS,
     TRANSACTIONS,
     Table,
+    bigquery_field,
     bigquery_schema,
     validate_identifier,
 )
 
 _PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
 _DATASET = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,1023}")
+_LOG = logging.getLogger(__name__)
 _EVENT_COLUMNS = CONTRACT_FIELDS  # the ledger's columns are the contract's fields
+# Legacy SQL type names the API may return for a column, as BIGQUERY_TYPES spells them.
+_STANDARD_TYPES = {"INT64": "INTEGER", "BOOL": "BOOLEAN", "FLOAT64": "FLOAT"}
 _TRANSIENT_MESSAGES = (
     "could not serialize access",
     "concurrent update",
@@ -109,6 +119,10 @@ _TRANSIENT_MESSAGES = (
     "ratelimitexceeded",
     "backenderror",
     "failed to commit",  # the local emulator's word for a write-write conflict
+    # A column just added at start-up (a new optional field) reaches the write API's view of
+    # the table minutes later; appends naming it are refused until then, so they are retried
+    # (pipeline/sinks/bigquery_appends.py).
+    SCHEMA_NOT_YET_SEEN,
 )
 STAGING_TABLE_EXPIRATION = dt.timedelta(days=1)
 # Refused versions turned into dead letters per round: their ids' requests stay near 1 MB.
@@ -554,13 +568,7 @@ class BigQueryWarehouse(Warehouse):
                 f" {error.message}"
             ) from error
         if found is not None:
-            missing = [c for c in spec.column_names if c not in {f.name for f in found.schema}]
-            if missing:
-                raise BigQuerySetupError(
-                    f"table {name} lacks columns {', '.join(missing)} of this version's schema"
-                    " (terraform/schemas/): add them (terraform apply, or ALTER TABLE ... ADD"
-                    " COLUMN) before running this version"
-                )
+            self._evolve(spec, found)
             if staging and found.expires is not None:
                 self._keep(found)
             return
@@ -585,6 +593,46 @@ class BigQueryWarehouse(Warehouse):
             ) from error
         if staging and created.expires is not None:
             self._keep(created)
+
+    def _evolve(self, spec: Table, found: bigquery.Table) -> None:
+        """Bring an existing table to this version's columns: new optional fields are added as
+        NULLABLE columns, fields made optional relaxed (a schema update, which the worker's
+        roles/bigquery.dataEditor allows); anything else is refused with what to do
+        (pipeline/sinks/schema_evolution.py)."""
+        stored = {
+            f.name: StoredColumn(
+                _STANDARD_TYPES.get(f.field_type, f.field_type), f.mode == "REQUIRED"
+            )
+            for f in found.schema
+        }
+        change = evolution(
+            found.full_table_id or spec.name, spec.columns, stored,
+            lambda c: BIGQUERY_TYPES[c.type],
+        )  # fmt: skip
+        if not change:
+            return
+        relaxed = {c.name for c in change.relax}
+        found.schema = [
+            *(
+                bigquery.SchemaField.from_api_repr({**f.to_api_repr(), "mode": "NULLABLE"})
+                if f.name in relaxed
+                else f
+                for f in found.schema
+            ),
+            *(bigquery.SchemaField.from_api_repr(bigquery_field(c)) for c in change.add),
+        ]
+        _LOG.warning(
+            "Table %s: adding columns %s, making %s nullable (fields this version made optional)",
+            found.full_table_id, [c.name for c in change.add], sorted(relaxed),
+        )  # fmt: skip
+        try:
+            self.client.update_table(found, ["schema"], timeout=self._timeout)
+        except api_exceptions.Forbidden as error:
+            raise BigQuerySetupError(
+                f"may not add columns to table {found.full_table_id}: grant the pipeline's"
+                " service account roles/bigquery.dataEditor on its dataset (it holds"
+                f" bigquery.tables.update). BigQuery said: {error.message}"
+            ) from error
 
     def _keep(self, table: bigquery.Table) -> None:
         table.expires = None
@@ -782,12 +830,11 @@ class BigQueryWarehouse(Warehouse):
                 [
                     _scalar("event_id", "STRING", event_id),
                     _ts("k_ingested_at", keep["ingested_at"]),
-                    _scalar("k_transaction_id", "STRING", kept.transaction_id),
-                    _scalar("k_account_id", "STRING", kept.account_id),
-                    _scalar("k_amount", "NUMERIC", kept.amount),
-                    _scalar("k_currency", "STRING", kept.currency),
-                    _scalar("k_status", "STRING", kept.status),
-                    _ts("k_event_time", kept.event_time),
+                    *(
+                        _scalar(f"k_{f.name}", f.kind.column_type, value)
+                        for f, value in zip(FIELDS, kept, strict=True)
+                        if f.name != "event_id"
+                    ),
                 ],
             )
             for row in extra:
@@ -800,13 +847,13 @@ class BigQueryWarehouse(Warehouse):
 
     def delete_extra_versions_sql(self) -> str:
         # Keyed by event_id (clustered); runs only after a race, which is rare.
+        same = " AND ".join(
+            f"{f.name} IS NOT DISTINCT FROM @k_{f.name}" for f in FIELDS if f.name != "event_id"
+        )
         return f"""
             DELETE FROM {self.table_ref(TRANSACTION_EVENTS)}
             WHERE event_id = @event_id
-              AND NOT (ingested_at = @k_ingested_at AND transaction_id = @k_transaction_id
-                       AND account_id = @k_account_id AND amount = @k_amount
-                       AND currency = @k_currency AND status = @k_status
-                       AND event_time = @k_event_time)
+              AND NOT (ingested_at = @k_ingested_at AND {same})
         """
 
     # --- transactions -------------------------------------------------------------------------
@@ -849,7 +896,7 @@ class BigQueryWarehouse(Warehouse):
         return int(merged.num_dml_affected_rows or 0)
 
     def transactions_merge_sql(self) -> str:
-        fields = ("account_id", "amount", "currency", "status", "event_time", "event_id")
+        fields = (*TRANSACTION_FIELDS, "event_id")
         return f"""
             MERGE {self.table_ref(TRANSACTIONS)} AS T
             USING (

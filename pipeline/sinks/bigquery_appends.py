@@ -84,6 +84,13 @@ def _message_class(descriptor: descriptor_pb2.DescriptorProto) -> Any:
     return message_factory.GetMessageClass(pool.FindMessageTypeByName(descriptor.name))
 
 
+# Each contract field's value as the message holds it, by its column's type.
+_CONVERSIONS: dict[str, Callable[[Any], Any]] = {"NUMERIC": format_amount, "TIMESTAMP": to_micros}
+_PROTO_VALUES: dict[str, Callable[[Any], Any]] = {
+    c.name: _CONVERSIONS.get(c.type, str)
+    for c in STAGED_EVENTS.columns
+    if c.name in CONTRACT_FIELDS
+}
 _STAGED_DESCRIPTOR = _descriptor(STAGED_EVENTS)
 _STAGED_ROW = _message_class(_STAGED_DESCRIPTOR)
 
@@ -94,23 +101,17 @@ def staged_rows(candidates: Sequence[LedgerCandidate], now: dt.datetime) -> list
     staged_at = to_micros(now)
     rows = []
     for index, candidate in enumerate(candidates):
-        event = candidate.event
-        rows.append(
-            _STAGED_ROW(
-                event_id=event.event_id,
-                transaction_id=event.transaction_id,
-                account_id=event.account_id,
-                amount=format_amount(event.amount),
-                currency=event.currency,
-                status=event.status,
-                event_time=to_micros(event.event_time),
-                is_primary=candidate.primary,
-                window_start=to_micros(candidate.window_start),
-                window_end=to_micros(candidate.window_end),
-                stage_id=f"{batch_id}-{index}",
-                staged_at=staged_at,
-            ).SerializeToString()
+        row = _STAGED_ROW(
+            is_primary=candidate.primary,
+            window_start=to_micros(candidate.window_start),
+            window_end=to_micros(candidate.window_end),
+            stage_id=f"{batch_id}-{index}",
+            staged_at=staged_at,
         )
+        for name, value in zip(CONTRACT_FIELDS, candidate.event, strict=True):
+            if value is not None:  # an absent optional value is an unset field: NULL
+                setattr(row, name, _PROTO_VALUES[name](value))
+        rows.append(row.SerializeToString())
     return rows
 
 
@@ -136,6 +137,10 @@ class AppendFailed(RuntimeError):
         self.transient = transient
 
 
+# After a column is added to a table (a new optional field, at start-up), the write API sees it
+# only minutes later (the client libraries' schema-update support says "in order of minutes"):
+# until then an append naming it is refused with this INVALID_ARGUMENT, which is retried.
+SCHEMA_NOT_YET_SEEN = "input schema has more fields than bigquery schema"
 # google.rpc.Code values after which an append may succeed when sent again.
 _TRANSIENT_CODES = {4, 8, 10, 13, 14}  # DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, ...
 
@@ -174,7 +179,8 @@ def append(
             if response.error.code:
                 raise AppendFailed(
                     f"the write API refused an append: {response.error.message}",
-                    response.error.code in _TRANSIENT_CODES,
+                    response.error.code in _TRANSIENT_CODES
+                    or SCHEMA_NOT_YET_SEEN in response.error.message.lower(),
                 )
 
 

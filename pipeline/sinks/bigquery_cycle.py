@@ -25,11 +25,11 @@ would do.
 
 from __future__ import annotations
 
-from pipeline.events import CONTRACT_FIELDS, VERSION_ORDER_SQL
+from pipeline.events import CONTRACT_FIELDS, TRANSACTION_FIELDS, VERSION_ORDER_SQL
 from pipeline.tables import TRANSACTION_EVENTS, Column, Table
 
 _FIELDS = ", ".join(CONTRACT_FIELDS)
-_TRANSACTION_FIELDS = ("account_id", "amount", "currency", "status", "event_time", "event_id")
+_TRANSACTION_FIELDS = (*TRANSACTION_FIELDS, "event_id")
 
 # The versions a cycle refused, waiting to become dead letters: the refused version, and the
 # version the ledger holds for its event_id (its ``kept_`` columns, all NULL when the ledger holds

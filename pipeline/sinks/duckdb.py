@@ -46,12 +46,14 @@ from pipeline.events import (
     CONTRACT_FIELDS,
     MONEY_CONTEXT,
     NUMERIC_LIMIT,
+    TRANSACTION_FIELDS,
     VERSION_ORDER_SQL,
     Event,
     LedgerCandidate,
     to_micros,
 )
 from pipeline.sinks import ledger_rules
+from pipeline.sinks.schema_evolution import StoredColumn, evolution
 from pipeline.sinks.warehouse import MergeOutcome, Warehouse
 from pipeline.tables import (
     ACCOUNT_WINDOW_TOTALS,
@@ -60,6 +62,7 @@ from pipeline.tables import (
     INGEST_CHECKPOINTS,
     TRANSACTION_EVENTS,
     TRANSACTIONS,
+    Column,
     Table,
     validate_identifier,
 )
@@ -74,6 +77,12 @@ _DUCKDB_TYPES = {
     "BOOL": "BOOLEAN",
     "JSON": "VARCHAR",  # DuckDB's JSON type needs an extension; the text is kept verbatim
 }
+# The same types as information_schema.columns spells them.
+_INFORMATION_SCHEMA_TYPES = {
+    **_DUCKDB_TYPES,
+    "NUMERIC": "DECIMAL(38,9)",
+    "TIMESTAMP": "TIMESTAMP WITH TIME ZONE",
+}
 _ARROW_TYPES = {
     "STRING": pa.string(),
     "NUMERIC": pa.decimal128(38, 9),
@@ -84,13 +93,19 @@ _ARROW_TYPES = {
 }
 
 _EVENT_COLUMNS = CONTRACT_FIELDS  # the ledger's columns are the contract's fields
+_TIME_FIELDS = frozenset(
+    c.name
+    for c in TRANSACTION_EVENTS.columns
+    if c.name in CONTRACT_FIELDS and c.type == "TIMESTAMP"
+)
 _EVENT_FIELD_LIST = ", ".join(_EVENT_COLUMNS)
-_DUCKDB_TYPE_OF = {
-    **{c.name: _DUCKDB_TYPES[c.type] for c in TRANSACTION_EVENTS.columns},
-    "window_start": _DUCKDB_TYPES["TIMESTAMP"],
-    "window_end": _DUCKDB_TYPES["TIMESTAMP"],
-    "is_primary": _DUCKDB_TYPES["BOOL"],
+_TYPE_OF_STAGED = {
+    **{c.name: c.type for c in TRANSACTION_EVENTS.columns},
+    "window_start": "TIMESTAMP",
+    "window_end": "TIMESTAMP",
+    "is_primary": "BOOL",
 }
+_DUCKDB_TYPE_OF = {name: _DUCKDB_TYPES[kind] for name, kind in _TYPE_OF_STAGED.items()}
 _STAGE_EVENTS_SCHEMA = pa.schema(
     [
         *(
@@ -171,6 +186,11 @@ def create_table_sql(table: Table) -> str:
 # sequence number tells the rows one cycle took from rows staged while it ran.
 STAGED_EVENTS = "staged_events"
 _STAGED_COLUMNS = ", ".join(_STAGE_EVENTS_SCHEMA.names)
+_STAGED_DECLARED = tuple(
+    Column(field.name, type_name, False, "")
+    for field in _STAGE_EVENTS_SCHEMA
+    for type_name in [_TYPE_OF_STAGED[field.name]]
+)  # all nullable, as _CREATE_STAGED_SQL makes them
 _CREATE_STAGED_SQL = (
     f"CREATE SEQUENCE IF NOT EXISTS {STAGED_EVENTS}_seq;"
     f" CREATE TABLE IF NOT EXISTS {STAGED_EVENTS} ("
@@ -230,7 +250,7 @@ def _read_columns(alias: str) -> str:
     """An event's columns as Python reads them: event_time as a naive UTC TIMESTAMP, since the
     client converts a TIMESTAMPTZ through a time zone lookup per value, ten times slower."""
     return ", ".join(
-        f"timezone('UTC', {alias}.{c})" if c == "event_time" else f"{alias}.{c}"
+        f"timezone('UTC', {alias}.{c})" if c in _TIME_FIELDS else f"{alias}.{c}"
         for c in _EVENT_COLUMNS
     )
 
@@ -279,7 +299,7 @@ def _conflicts_sql(restricted: bool, outside: bool) -> str:
 # without the upsert such a batch would be merged again unrestricted, every statement scanning
 # its table whole (measured: BENCHMARKS.md, section 2).
 TRANSACTION_LOOKBACK = dt.timedelta(days=1)
-_TRANSACTION_FIELDS = ("account_id", "amount", "currency", "status", "event_time", "event_id")
+_TRANSACTION_FIELDS = (*TRANSACTION_FIELDS, "event_id")
 
 
 def _newer(source: str) -> str:
@@ -430,13 +450,15 @@ def _count(cursor: duckdb.DuckDBPyConnection) -> int:
     return int(row[0]) if row else 0
 
 
-_EVENT_TIME = _EVENT_COLUMNS.index("event_time")
+_TIME_INDEXES = tuple(_EVENT_COLUMNS.index(name) for name in _TIME_FIELDS)
 
 
 def _stored_event(row: tuple[Any, ...]) -> Event:
-    """A row of ``_read_columns`` (event_time naive, in UTC) as an Event."""
+    """A row of ``_read_columns`` (times naive, in UTC) as an Event."""
     values = list(row)
-    values[_EVENT_TIME] = values[_EVENT_TIME].replace(tzinfo=dt.UTC)
+    for index in _TIME_INDEXES:
+        if values[index] is not None:
+            values[index] = values[index].replace(tzinfo=dt.UTC)
     return Event(*values)
 
 
@@ -496,10 +518,36 @@ class DuckDBWarehouse(Warehouse):
         )
 
     def create_tables(self) -> None:
+        """Create the tables if absent; evolve existing ones to this version's columns (or
+        refuse to start: pipeline/sinks/schema_evolution.py)."""
         with _CREATE_LOCK:
             for table in ALL_TABLES:
                 self.connection.execute(create_table_sql(table))
+                self._evolve(table.name, table.columns)
             self.connection.execute(_CREATE_STAGED_SQL)
+            self._evolve(STAGED_EVENTS, _STAGED_DECLARED, own_columns=("staged_seq",))
+
+    def _evolve(
+        self, table: str, declared: Sequence[Column], own_columns: Sequence[str] = ()
+    ) -> None:
+        rows = self.connection.execute(
+            "SELECT column_name, data_type, is_nullable FROM information_schema.columns"
+            " WHERE table_catalog = current_database() AND table_schema = current_schema()"
+            " AND table_name = $table",
+            {"table": table},
+        ).fetchall()
+        stored = {name: StoredColumn(kind, nullable == "NO") for name, kind, nullable in rows}
+        change = evolution(
+            table, declared, stored, lambda c: _INFORMATION_SCHEMA_TYPES[c.type], own_columns
+        )
+        for column in change.add:
+            _LOG.warning("Adding column %s.%s (a new optional field)", table, column.name)
+            self.connection.execute(
+                f"ALTER TABLE {table} ADD COLUMN {column.name} {_DUCKDB_TYPES[column.type]}"
+            )
+        for column in change.relax:
+            _LOG.warning("Making column %s.%s nullable (an optional field)", table, column.name)
+            self.connection.execute(f"ALTER TABLE {table} ALTER COLUMN {column.name} DROP NOT NULL")
 
     # --- staged appends and merge cycles --------------------------------------------------------
 

@@ -32,6 +32,7 @@ from pipeline.events import (
     CONTRACT_FIELDS,
     MONEY_CONTEXT,
     NUMERIC_LIMIT,
+    TRANSACTION_FIELDS,
     Event,
     parse_event,
     to_micros,
@@ -56,7 +57,11 @@ def expected_transactions(ledger: Iterable[Row]) -> dict[str, Row]:
             current["event_id"],
         ):
             latest[row["transaction_id"]] = row
-    return {tid: {name: row[name] for name in CONTRACT_FIELDS} for tid, row in latest.items()}
+    return {tid: {name: row[name] for name in _IN_TRANSACTIONS} for tid, row in latest.items()}
+
+
+# The columns ``transactions`` copies from its latest event (pipeline/contract.py).
+_IN_TRANSACTIONS = ("transaction_id", *TRANSACTION_FIELDS, "event_id")
 
 
 def window_of(event_time: dt.datetime, size_seconds: int) -> tuple[dt.datetime, dt.datetime]:

@@ -1,6 +1,7 @@
-"""Write the BigQuery JSON schema files of the tables, generated from pipeline/tables.py.
+"""Write the BigQuery JSON schema files of the tables, generated from pipeline/tables.py and the
+event contract (pipeline/contract.py): the command to run after editing the contract.
 
-    python -m pipeline.tools.schemas [--out terraform/schemas]
+    python -m pipeline.tools.schemas [--out terraform/schemas]     (make contract)
 
 Terraform reads these files to create the tables, so the pipeline and the infrastructure share
 one schema. tests/test_schemas.py fails when the committed files drift from the package.

@@ -25,9 +25,9 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline import metrics
+from pipeline.contract import FIELD
 from pipeline.dead_letters import DEAD_LETTER_TAG, STAGE_PARSE, DeadLetter, make_dead_letter
 from pipeline.events import (
-    MAX_ID_LENGTH,
     ContractViolation,
     Event,
     decode_payload,
@@ -48,9 +48,10 @@ def peek_event_id(payload: bytes) -> str | None:
         value: Any = decode_payload(payload).get("event_id")
     except (ContractViolation, AttributeError):
         return None
-    if isinstance(value, str) and 1 <= len(value) <= MAX_ID_LENGTH and value.isprintable():
-        return value
-    return None
+    try:
+        return str(FIELD["event_id"].kind.parse(value, "event_id")) if value is not None else None
+    except ContractViolation:
+        return None
 
 
 class ParseEventFn(beam.DoFn):

@@ -9,8 +9,12 @@ Cases are built in code rather than stored as files because some are large (a 10
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from decimal import Decimal
+
+from pipeline.contract import FIELDS
+from pipeline.field_kinds import OneOf, Text
 
 BASE = {
     "transaction_id": "txn-h",
@@ -20,6 +24,15 @@ BASE = {
     "status": "POSTED",
     "event_time": "2026-03-01T12:00:00Z",
 }
+# Required fields an adapted contract adds (pipeline/contract.py) get an example of their kind.
+_EXAMPLES = random.Random(0)
+BASE.update(
+    {
+        f.name: f.kind.to_json(f.kind.example(_EXAMPLES))
+        for f in FIELDS
+        if f.required and f.name not in BASE and f.name != "event_id"
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,34 @@ def _row(case_id: str, **fields: object) -> Case:
 
 def _bad(case_id: str, field: str, **fields: object) -> Case:
     return Case(case_id, _obj(case_id, **fields), field=field)
+
+
+def contract_cases() -> list[Case]:
+    """What each field of the contract refuses, derived from its kind, so that a field added to
+    the contract is attacked like the others: absent, null, of another JSON type, too long, with
+    a control character, off its pattern, off its list. An optional field may be absent or null."""
+    result: list[Case] = []
+    for f in FIELDS:
+        n = f.name
+        if n == "event_id":
+            continue  # every case has its own id; the id's cases are written out below
+        if f.required:
+            result += [_bad(f"{n}:absent", n, **{n: _DROP}), _bad(f"{n}:null", n, **{n: None})]
+        else:
+            result += [
+                _row(f"{n}:absent", **{n: _DROP}, _expect={n: None}),
+                _row(f"{n}:null", **{n: None}, _expect={n: None}),
+            ]
+        result.append(_bad(f"{n}:array", n, **{n: [1]}))
+        kind = f.kind
+        if isinstance(kind, Text):
+            result.append(_bad(f"{n}:too-long", n, **{n: "x" * (kind.max_length + 1)}))
+            result.append(_bad(f"{n}:control-character", n, **{n: "\u0007"}))
+            if kind.pattern is not None:
+                result.append(_bad(f"{n}:off-pattern", n, **{n: " " * max(kind.min_length, 1)}))
+        elif isinstance(kind, OneOf):
+            result.append(_bad(f"{n}:not-listed", n, **{n: kind.values[0] + "?"}))
+    return result
 
 
 def cases() -> list[Case]:
@@ -165,4 +206,5 @@ def cases() -> list[Case]:
         Case("id-number", _obj("num").replace(b'"num"', b"7"), field="event_id"),
         _bad("transaction-id-missing", "transaction_id", transaction_id=_DROP),
         _bad("account-id-null", "account_id", account_id=None),
+        *contract_cases(),
     ]

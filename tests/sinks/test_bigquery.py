@@ -180,3 +180,17 @@ def test_dataset_names_are_validated() -> None:
         with pytest.raises(ValueError):
             parse_dataset(bad)
     assert parse_dataset("my-project.events") == ("my-project", "events")
+
+
+def test_appends_naming_a_column_the_write_api_does_not_see_yet_are_retried() -> None:
+    """A column added at start-up reaches the write API's view of the table minutes later;
+    until then BigQuery refuses appends naming it (INVALID_ARGUMENT), which must be retried,
+    not fail the run: the same refusal for a column that never comes would keep retrying, and
+    start-up, which adds the columns first, rules that out."""
+    from google.api_core import exceptions as api_exceptions
+
+    from pipeline.sinks.bigquery import _is_transient
+
+    refusal = "Input schema has more fields than BigQuery schema, extra fields: 'tip'"
+    assert _is_transient(api_exceptions.InvalidArgument(refusal))
+    assert not _is_transient(api_exceptions.InvalidArgument("Field amount: invalid value"))
