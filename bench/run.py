@@ -104,13 +104,6 @@ def _sections(events: int, scale: int) -> dict[str, Callable[[], Any]]:
             for variant in ("pipeline", "beam_deduplicate", "none")
             if variant != "none" or round_ == 1
         ],
-        # Today's per-batch design under BigQuery's rules and stated latency (a model), one
-        # worker process with one DoFn instance and with four; latency off: the emulator alone.
-        "bigquery_batches": lambda: [
-            _json("bench.bigquery_batches", *map(str, (5000 // scale, batches, instances)), latency)
-            for latency in ("none", "production")
-            for instances, batches in ((1, 3), (4, 8))
-        ],
         # A model in simulated time (seconds to run): today's design against the staged one at
         # 1k-300k events/s, at the assumed statement rate and at a slower one.
         "scale_model": lambda: [
@@ -174,13 +167,6 @@ def render(results: dict[str, Any]) -> str:
         lines.extend(_merge_lines(results["merge_cost"]))
     if "streaming_dedup" in results:
         lines.extend(_streaming_lines(results["streaming_dedup"]))
-    if "bigquery_batches" in results:
-        lines.extend(
-            f"  bigquery batches ({r['latency']} latency, {r['instances']} instances):"
-            f" {r['seconds_per_batch']} s a batch of {r['rows_per_batch']},"
-            f" {r['rows_per_second']} rows/s, {r['jobs_per_batch']} jobs a batch"
-            for r in results["bigquery_batches"]
-        )
     if "scale_model" in results:
         lines.extend(
             f"  scale model ({r['rows_per_second']:.0f} rows/s a statement) {r['design']}:"

@@ -74,7 +74,9 @@ def _needs_service(item: pytest.Item) -> bool:
     if _SERVICES & set(getattr(item, "fixturenames", ())):
         return True
     callspec = getattr(item, "callspec", None)
-    return callspec is not None and "bigquery" in callspec.params.values()
+    return callspec is not None and any(
+        str(value).startswith("bigquery") for value in callspec.params.values()
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

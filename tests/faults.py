@@ -7,6 +7,7 @@ Beam workers, and so that a fault fires a fixed number of times across all DoFn 
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import uuid
@@ -241,15 +242,21 @@ class FaultyBigQueryFactory:
     project: str
     dataset: str
     plan: FaultPlan
+    write_address: str | None = None  # the write API's address (appends); None: no appends
     run_id: str = field(default_factory=lambda: f"faulty_{uuid.uuid4().hex[:8]}")
 
     def __call__(self) -> Warehouse:
         from pipeline.sinks.bigquery import BigQueryWarehouse
+        from pipeline.sinks.bigquery_appends import emulator_write_client
         from tests.warehouses import EmulatorClient
 
         def client(project: str) -> Any:
             return RecordingBigQueryClient(EmulatorClient(self.endpoint)(project), self.plan, [])
 
+        address = self.write_address
         return BigQueryWarehouse(
-            self.project, self.dataset, client_factory=client, run_id=self.run_id
-        )
+            self.project, self.dataset, client_factory=client, run_id=self.run_id,
+            write_client_factory=(
+                functools.partial(emulator_write_client, address) if address else None
+            ),
+        )  # fmt: skip

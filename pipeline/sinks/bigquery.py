@@ -1,52 +1,34 @@
 """BigQuery: the production warehouse, with the same semantics as DuckDB.
 
-Each batch is a short sequence of BigQuery jobs, every one idempotent on its own, because a
-worker may die between any two of them and the bundle is then retried:
+Written by staged appends and merge cycles (docs/BIGQUERY.md, "Merge cycles"): workers append
+their rows to ``staged_events`` through the Storage Write API (pipeline/sinks/bigquery_appends.py);
+a merge cycle is one script job, one multi-statement transaction that merges what staging holds
+into the ledger, ``transactions`` and the totals and removes the rows it took
+(pipeline/sinks/bigquery_cycle.py); the versions it refused become dead letters afterwards, from
+the durable ``staged_conflicts``. ``merge_events`` stages one batch and runs one cycle.
 
-1. **Stage**: a load job writes the batch into a table of the staging dataset (load jobs are
-   free and leave no streaming buffer, so the rows are MERGE-able at once; the staging dataset's
-   default table expiration removes forgotten tables).
-2. **Look up** the versions the ledger already holds for the batch's event_ids, anywhere in the
-   table. ``transaction_events`` is clustered by event_id, so this reads only the blocks of those
-   ids, not the whole table.
-3. **MERGE the ledger**: insert the chosen versions whose id is absent. The target is restricted
-   to the batch's event-time range, so the MERGE reads only those partitions; it cannot add a
-   second row for an event_id stored outside the range, because step 2 found every such id and
-   they are excluded from the MERGE's source.
-4. **Verify** that no event_id of the batch has two rows (a concurrent batch on another worker
-   could have inserted another version of the same event_id between steps 2 and 3) and repair if
-   so: the earliest-ingested row stays, the other is deleted and dead-lettered as a conflict, and
-   the affected transaction and windows are recomputed below.
-5. **MERGE dead letters** for refused versions, **MERGE transactions** (newer event wins; the
-   target range is widened to where the batch's transactions already have rows, found by a
-   clustered lookup, and duplicate transaction rows from a concurrent race are repaired), then
-   **recompute the touched windows** from the ledger and MERGE them into the totals.
+Job ids of mutating jobs derive from the run and the work, so a retried call re-attaches to the
+job it already ran (409 Already Exists: wait for that job and use its result) instead of running
+it twice; a failed job is retried under the next attempt number. The run id (one per launched
+pipeline) keeps a later replay of the same input from re-attaching to jobs of an earlier run:
+BigQuery keeps job history for months. Contention ("could not serialize access", concurrent
+update, too many DML statements) and transient errors are reported as transient, so the sink
+retries them with backoff. Values travel only as appended rows, loaded rows or query parameters;
+project, dataset and table names are validated.
 
-Job ids of mutating jobs derive from the run and the batch's content, so a retried bundle
-re-attaches to the job it already ran (409 Already Exists: wait for that job and use its result)
-instead of running it twice; a failed job is retried under the next attempt number. The run id
-(one per launched pipeline) keeps a later replay of the same input from re-attaching to jobs of
-an earlier run: BigQuery keeps job history for months, and a replay into rebuilt tables must run
-its MERGEs, not find them done. Contention ("could not serialize
-access", concurrent update, too many DML statements) and transient errors are reported as
-transient, so the sink retries them with backoff. Values travel only as loaded rows or query
-parameters; project, dataset and table names are validated.
-
-BigQuery has no multi-statement transaction that the local emulator supports around MERGE, so
-atomicity comes from idempotence instead: every step can run again and converges on the same
-tables (``transactions`` and totals are functions of the ledger).
+At start-up the datasets are looked up (never created unless asked) and the tables created, or
+evolved to this version's columns (pipeline/sinks/schema_evolution.py).
 
 Production rules the local emulator does not enforce, and the tests do through
 tests/production_bigquery/ (docs/BIGQUERY.md): the worker holds only the roles of
-terraform/iam.tf, so datasets are looked up, never created unless asked; every job call carries
-the datasets' location; a request never exceeds 10 MB; one process keeps at most
-``max_concurrent_batches`` batches in a table's DML queue; every API call has a timeout.
+terraform/iam.tf; every job call carries the datasets' location; a request never exceeds 10 MB;
+one process keeps at most ``max_concurrent_batches`` jobs of its own in a table's DML queue;
+every API call has a timeout.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -55,7 +37,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -67,12 +49,7 @@ from google.cloud.bigquery_storage_v1 import BigQueryWriteClient
 
 from pipeline.dead_letters import DeadLetter, conflict_dead_letter
 from pipeline.events import (
-    AMOUNT_SCALE,
     CONTRACT_FIELDS,
-    FIELDS,
-    MONEY_CONTEXT,
-    NUMERIC_LIMIT,
-    TRANSACTION_FIELDS,
     Event,
     LedgerCandidate,
     format_amount,
@@ -181,31 +158,6 @@ def _json_row(values: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def batch_digest(candidates: Iterable[LedgerCandidate], scope: str = "") -> str:
-    """A stable id of a prepared batch's content within ``scope`` (the destination): its jobs'
-    ids derive from it."""
-    digest = hashlib.sha256(scope.encode("utf-8") + b"\n")
-    for line in sorted(
-        f"{c.event.to_json()}|{c.primary}|{format_timestamp(c.window_start)}" for c in candidates
-    ):
-        digest.update(line.encode("utf-8"))
-        digest.update(b"\n")
-    return digest.hexdigest()[:32]
-
-
-def exact_total(parts: Sequence[int], nanos: int) -> Decimal | None:
-    """Combine a window's partial sums (see _WINDOW_SUMS) exactly; None when not NUMERIC."""
-    high, middle, low = parts
-    total = MONEY_CONTEXT.add(
-        MONEY_CONTEXT.add(
-            MONEY_CONTEXT.multiply(Decimal(high), Decimal(10) ** 20),
-            MONEY_CONTEXT.multiply(Decimal(middle), Decimal(10) ** 10),
-        ),
-        MONEY_CONTEXT.add(Decimal(low), Decimal(nanos).scaleb(-AMOUNT_SCALE)),
-    )
-    return total if total.copy_abs() < NUMERIC_LIMIT else None
-
-
 def default_client(project: str) -> bigquery.Client:
     """The client a run uses. Like Google's clients with ``PUBSUB_EMULATOR_HOST``,
     google-cloud-bigquery sends requests to ``BIGQUERY_EMULATOR_HOST`` when it is set (a URL,
@@ -230,7 +182,9 @@ class RequestTooLarge(BigQueryBatchError):
 # BigQuery refuses an API request over 10 MB, parameters included
 # (https://cloud.google.com/bigquery/quotas#api_request_quotas). A query's request is measured
 # before it is sent, with room left for what the estimate does not count (headers, the job
-# reference), and a batch whose request would not fit is merged in halves instead.
+# reference); one that would not fit fails before it is sent (``RequestTooLarge``). Requests are
+# bounded by design: appends are chunked (bigquery_appends.py), dead letters come in batches and
+# refused versions are drained ``DRAIN_ROWS`` at a time.
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
 REQUEST_BUDGET_BYTES = MAX_REQUEST_BYTES * 9 // 10
 # Per HTTP request, not per job: a call that gets no answer is abandoned after this and retried
@@ -240,8 +194,9 @@ REQUEST_TIMEOUT_SECONDS = 60.0
 
 # One limiter per worker process and warehouse dataset, shared by every DoFn instance of the
 # process (Dataflow runs many in one process: threads, and a DoFn instance per thread): BigQuery
-# runs 2 mutating DML statements per table and queues 20, and a batch runs its statements one
-# after another, so this bounds what one process puts in that queue.
+# runs 2 mutating DML statements per table and queues 20; a merge cycle and a dead-letter batch
+# each run their statements one after another, so this bounds what one process puts in that
+# queue.
 _BATCH_SLOTS: dict[tuple[str, str, int], threading.BoundedSemaphore] = {}
 _BATCH_SLOTS_LOCK = threading.Lock()
 
@@ -256,8 +211,8 @@ class BigQueryWarehouse(Warehouse):
     """The tables in one BigQuery dataset, staged through another.
 
     The pipeline writes it by staged appends and merge cycles (``stage_events``,
-    ``merge_staged``); ``merge_events`` merges one batch as it comes, for callers that have one
-    (the warehouse contract tests, benchmarks).
+    ``merge_staged``); ``merge_events`` stages one batch and runs a cycle, for callers that have
+    one (tools, the warehouse contract tests).
 
     The worker needs only what terraform/iam.tf grants it (docs/BIGQUERY.md, "The rights"):
     bigquery.jobUser on the project, to run jobs, and bigquery.dataEditor on the two datasets, to
@@ -714,299 +669,14 @@ class BigQueryWarehouse(Warehouse):
     # --- events -------------------------------------------------------------------------------
 
     def merge_events(self, batch: Sequence[LedgerCandidate]) -> MergeOutcome:
-        prepared = ledger_rules.prepare(batch)
-        if not prepared.candidates:
+        """Stage the batch and run one merge cycle: the batch merged as the pipeline merges
+        (with whatever else staging holds, which a tool or test running alone does not have)."""
+        if not batch:
             return MergeOutcome()
-        with self._slots:
-            outcome = self._merge_in_parts(prepared.candidates)
-        return dataclasses.replace(outcome, duplicates=outcome.duplicates + prepared.copies_removed)
+        self.stage_events(batch)
+        return self.merge_staged()
 
-    def _merge_in_parts(self, candidates: Sequence[LedgerCandidate]) -> MergeOutcome:
-        """Merge the batch; when one of its requests would be too large, merge each half of its
-        event_ids instead (every version of an id stays in one part, so the rules judge it as
-        one batch would)."""
-        try:
-            return self._merge_events(candidates)
-        except RequestTooLarge:
-            ids = sorted({c.event.event_id for c in candidates})
-            if len(ids) < 2:
-                raise
-            first = set(ids[: len(ids) // 2])
-            parts = (
-                [c for c in candidates if c.event.event_id in first],
-                [c for c in candidates if c.event.event_id not in first],
-            )
-            return sum((self._merge_in_parts(part) for part in parts), MergeOutcome())
-
-    def _merge_events(self, candidates: Sequence[LedgerCandidate]) -> MergeOutcome:
-        self._check_request_sizes(candidates)
-        digest = batch_digest(candidates, scope=self._job_scope())
-        job = f"eo_{self.run_id}_{digest}"
-        stage = f"stage_events_{digest}"
-        self._load(stage, _STAGE_SCHEMA, [_stage_row(c) for c in candidates], f"{job}_stage")
-        ids = sorted({c.event.event_id for c in candidates})
-        held = self._ledger_versions(ids)
-        self._check_transactions_size(candidates, held)
-        absent = sorted({c.event.event_id for c in candidates if c.primary} - held.keys())
-        times = [c.event.event_time for c in candidates]
-        inserted = 0
-        earlier = self._earlier_job(f"{job}_ledger")
-        if earlier is not None:
-            # A retried bundle: its ledger MERGE ran before the failure. Use that job's result
-            # rather than running it again (the rows it inserted are why nothing is absent now).
-            inserted = int(earlier.num_dml_affected_rows or 0)
-        elif absent:
-            merge = self._query(
-                self.ledger_merge_sql(stage),
-                [
-                    _array("absent", "STRING", absent),
-                    _ts("lo", min(times)),
-                    _ts("hi", max(times)),
-                    _ts("now", dt.datetime.now(dt.UTC)),
-                ],
-                job_id=f"{job}_ledger",
-            )
-            inserted = int(merge.num_dml_affected_rows or 0)
-        held, repaired = self._verified_ledger(ids)
-        judgement = ledger_rules.judge(candidates, held)
-        dead_letters = self._insert_dead_letters(
-            [*judgement.conflicts, *repaired.dead_letters], f"{job}_dl"
-        )
-        transactions = self._merge_transactions(candidates, held, repaired, f"{job}_tx")
-        windows = self._merge_totals(candidates, repaired.windows, f"{job}_totals")
-        self._drop_stage(stage)
-        return MergeOutcome(
-            inserted=inserted,
-            duplicates=judgement.landed - inserted,
-            conflicts=len(judgement.conflicts),
-            transactions_upserted=transactions,
-            windows_upserted=windows,
-            dead_letters_inserted=dead_letters,
-            used_fallback=bool(repaired.dead_letters),
-        )
-
-    def ledger_merge_sql(self, stage: str) -> str:
-        cols = ", ".join(_EVENT_COLUMNS)
-        return f"""
-            MERGE {self.table_ref(TRANSACTION_EVENTS)} AS T
-            USING (
-                SELECT {cols} FROM {self._staging_ref(stage)}
-                WHERE is_primary AND event_id IN UNNEST(@absent)
-            ) AS S
-            ON T.event_id = S.event_id AND T.event_time BETWEEN @lo AND @hi
-            WHEN NOT MATCHED THEN INSERT ({cols}, ingested_at)
-                VALUES ({", ".join("S." + c for c in _EVENT_COLUMNS)}, @now)
-        """
-
-    def versions_sql(self) -> str:
-        return f"""
-            SELECT {", ".join(_EVENT_COLUMNS)}, ingested_at
-            FROM {self.table_ref(TRANSACTION_EVENTS)}
-            WHERE event_id IN UNNEST(@ids)
-        """
-
-    def _ledger_rows(self, ids: Sequence[str]) -> list[dict[str, Any]]:
-        rows = self._rows(self.versions_sql(), [_array("ids", "STRING", ids)])
-        return [dict(row.items()) for row in rows]
-
-    def _ledger_versions(self, ids: Sequence[str]) -> dict[str, Event]:
-        return {r["event_id"]: _event(r) for r in self._ledger_rows(ids)}
-
-    def _verified_ledger(self, ids: Sequence[str]) -> tuple[dict[str, Event], _Repair]:
-        """The ledger's version per id, after removing second rows left by a concurrent race."""
-        rows = self._ledger_rows(ids)
-        by_id: dict[str, list[dict[str, Any]]] = {}
-        for row in rows:
-            by_id.setdefault(row["event_id"], []).append(row)
-        repair = _Repair()
-        for event_id, copies in by_id.items():
-            if len(copies) < 2:
-                continue
-            copies.sort(key=lambda r: (r["ingested_at"], _event(r).to_json()))
-            keep, extra = copies[0], copies[1:]
-            kept = _event(keep)
-            self._query(
-                self.delete_extra_versions_sql(),
-                [
-                    _scalar("event_id", "STRING", event_id),
-                    _ts("k_ingested_at", keep["ingested_at"]),
-                    *(
-                        _scalar(f"k_{f.name}", f.kind.column_type, value)
-                        for f, value in zip(FIELDS, kept, strict=True)
-                        if f.name != "event_id"
-                    ),
-                ],
-            )
-            for row in extra:
-                removed = _event(row)
-                repair.dead_letters.append(conflict_dead_letter(removed, _event(keep)))
-                repair.transaction_ids.add(removed.transaction_id)
-                repair.windows.add((removed.account_id, removed.currency, removed.event_time))
-            by_id[event_id] = [keep]
-        return {event_id: _event(copies[0]) for event_id, copies in by_id.items()}, repair
-
-    def delete_extra_versions_sql(self) -> str:
-        # Keyed by event_id (clustered); runs only after a race, which is rare.
-        same = " AND ".join(
-            f"{f.name} IS NOT DISTINCT FROM @k_{f.name}" for f in FIELDS if f.name != "event_id"
-        )
-        return f"""
-            DELETE FROM {self.table_ref(TRANSACTION_EVENTS)}
-            WHERE event_id = @event_id
-              AND NOT (ingested_at = @k_ingested_at AND {same})
-        """
-
-    # --- transactions -------------------------------------------------------------------------
-
-    def _merge_transactions(
-        self, candidates: Sequence[LedgerCandidate], held: dict[str, Event], repaired: _Repair,
-        job: str,
-    ) -> int:  # fmt: skip
-        tids = sorted(
-            {c.event.transaction_id for c in candidates}
-            | {event.transaction_id for event in held.values()}
-            | repaired.transaction_ids
-        )
-        if repaired.transaction_ids:
-            # Their rows may hold a version the repair removed: rebuild them from the ledger.
-            self._query(
-                f"""DELETE FROM {self.table_ref(TRANSACTIONS)}
-                    WHERE transaction_id IN UNNEST(@tids)""",
-                [_array("tids", "STRING", sorted(repaired.transaction_ids))],
-            )
-        existing = self._rows(
-            f"""SELECT event_time FROM {self.table_ref(TRANSACTIONS)}
-                WHERE transaction_id IN UNNEST(@tids)""",
-            [_array("tids", "STRING", tids)],
-        )
-        # The target range covers the batch and wherever its transactions' rows already are, so
-        # the restricted MERGE finds an existing row instead of inserting a second one.
-        times = [c.event.event_time for c in candidates] + [row["event_time"] for row in existing]
-        merged = self._query(
-            self.transactions_merge_sql(),
-            [
-                _array("tids", "STRING", tids),
-                _ts("lo", min(times)),
-                _ts("hi", max(times)),
-                _ts("now", dt.datetime.now(dt.UTC)),
-            ],
-            job_id=job,
-        )
-        self._repair_transactions(tids)
-        return int(merged.num_dml_affected_rows or 0)
-
-    def transactions_merge_sql(self) -> str:
-        fields = (*TRANSACTION_FIELDS, "event_id")
-        return f"""
-            MERGE {self.table_ref(TRANSACTIONS)} AS T
-            USING (
-                SELECT transaction_id, {", ".join(fields)}
-                FROM {self.table_ref(TRANSACTION_EVENTS)}
-                WHERE transaction_id IN UNNEST(@tids)
-                QUALIFY ROW_NUMBER() OVER (
-                    PARTITION BY transaction_id ORDER BY event_time DESC, event_id DESC) = 1
-            ) AS S
-            ON T.transaction_id = S.transaction_id AND T.event_time BETWEEN @lo AND @hi
-            WHEN MATCHED AND (S.event_time > T.event_time
-                              OR (S.event_time = T.event_time AND S.event_id > T.event_id))
-                THEN UPDATE SET {", ".join(f"{f} = S.{f}" for f in fields)}, updated_at = @now
-            WHEN NOT MATCHED THEN INSERT (transaction_id, {", ".join(fields)}, updated_at)
-                VALUES (S.transaction_id, {", ".join("S." + f for f in fields)}, @now)
-        """
-
-    def _repair_transactions(self, tids: Sequence[str]) -> None:
-        """Remove second rows of a transaction that a concurrent batch may have inserted into
-        another partition; the newest row (the rule of the table) stays."""
-        duplicated = [
-            row["transaction_id"]
-            for row in self._rows(
-                f"""SELECT transaction_id FROM {self.table_ref(TRANSACTIONS)}
-                    WHERE transaction_id IN UNNEST(@tids)
-                    GROUP BY transaction_id HAVING COUNT(*) > 1""",
-                [_array("tids", "STRING", tids)],
-            )
-        ]
-        if duplicated:
-            self._query(
-                f"""DELETE FROM {self.table_ref(TRANSACTIONS)} AS T
-                    WHERE transaction_id IN UNNEST(@dups)
-                      AND STRUCT(event_time, event_id) != (
-                        SELECT AS STRUCT event_time, event_id
-                        FROM {self.table_ref(TRANSACTIONS)} AS N
-                        WHERE N.transaction_id = T.transaction_id
-                        ORDER BY event_time DESC, event_id DESC LIMIT 1)""",
-                [_array("dups", "STRING", duplicated)],
-            )
-
-    # --- window totals ------------------------------------------------------------------------
-
-    def _merge_totals(
-        self,
-        candidates: Sequence[LedgerCandidate],
-        repaired: set[tuple[str, str, dt.datetime]],
-        job: str,
-    ) -> int:
-        windows = {(c.event.account_id, c.event.currency, c.window_start, c.window_end)
-                   for c in candidates}  # fmt: skip
-        size = candidates[0].window_end - candidates[0].window_start
-        for account_id, currency, at in repaired:
-            start = at - (at - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) % size
-            windows.add((account_id, currency, start, start + size))
-        keys = sorted(windows)
-        sums = self._rows(
-            self.window_sums_sql(),
-            [
-                _windows_param(keys),
-                _ts("wlo", min(w[2] for w in keys)),
-                _ts("whi", max(w[3] for w in keys)),
-            ],
-        )
-        totals = [
-            _total_param(
-                (row["account_id"], row["currency"], row["window_start"], row["window_end"]),
-                row["event_count"],
-                exact_total((row["high"], row["middle"], row["low"]), row["nanos"]),
-            )
-            for row in sums
-        ]
-        merged = self._query(self.totals_merge_sql(), self._totals_params(totals, keys), job)
-        return int(merged.num_dml_affected_rows or 0)
-
-    def _totals_params(
-        self,
-        totals: list[bigquery.StructQueryParameter],
-        keys: Sequence[tuple[str, str, dt.datetime, dt.datetime]],
-    ) -> list[bigquery.ArrayQueryParameter | bigquery.ScalarQueryParameter]:
-        return [
-            bigquery.ArrayQueryParameter("totals", "STRUCT", totals),
-            _ts("wlo", min(w[2] for w in keys)),
-            _ts("whi", max(w[3] for w in keys)),
-            _ts("now", dt.datetime.now(dt.UTC)),
-        ]
-
-    def _check_request_sizes(self, candidates: Sequence[LedgerCandidate]) -> None:
-        """Raise :class:`RequestTooLarge` before anything runs when the batch's largest
-        requests would not fit: the lookup of its ids and the totals of its windows (measured
-        with the widest count and amount, so the real request is no larger)."""
-        ids = sorted({c.event.event_id for c in candidates})
-        self._check_size(self.versions_sql(), [_array("ids", "STRING", ids)])
-        keys = sorted({(c.event.account_id, c.event.currency, c.window_start, c.window_end)
-                       for c in candidates})  # fmt: skip
-        widest = [_total_param(key, _WIDEST_COUNT, _WIDEST_AMOUNT) for key in keys]
-        self._check_size(self.totals_merge_sql(), self._totals_params(widest, keys))
-
-    def _check_transactions_size(
-        self, candidates: Sequence[LedgerCandidate], held: dict[str, Event]
-    ) -> None:
-        """Before the ledger MERGE: the transactions' request carries the batch's transaction
-        ids and those of the versions the ledger holds, known only now."""
-        tids = {c.event.transaction_id for c in candidates}
-        tids.update(event.transaction_id for event in held.values())
-        now = dt.datetime.now(dt.UTC)
-        bounds = [_ts("lo", now), _ts("hi", now), _ts("now", now)]
-        params: list[bigquery.ScalarQueryParameter | bigquery.ArrayQueryParameter]
-        params = [_array("tids", "STRING", sorted(tids)), *bounds]
-        self._check_size(self.transactions_merge_sql(), params)
+    # --- requests ---------------------------------------------------------------------------
 
     def _check_size(
         self,
@@ -1019,60 +689,7 @@ class BigQueryWarehouse(Warehouse):
             raise RequestTooLarge(size, self._max_request_bytes)
         return config
 
-    def window_sums_sql(self) -> str:
-        # The sum of NUMERIC(38, 9) amounts may not fit NUMERIC and BigQuery's SUM would then fail
-        # the batch for good. So each amount is split into integer parts that INT64 sums cannot
-        # overflow (ten digits each, and nanos), combined exactly in Python; a total that does
-        # not fit is stored as NULL with total_overflow = TRUE.
-        return f"""
-            WITH w AS (
-                SELECT r.account_id, r.currency, r.window_start, r.window_end
-                FROM UNNEST(@windows) AS r
-            ),
-            parts AS (
-                SELECT w.account_id, w.currency, w.window_start, w.window_end, l.event_id,
-                       CAST(SIGN(l.amount) AS INT64) AS sign,
-                       LPAD(CAST(ABS(TRUNC(l.amount)) AS STRING), 30, '0') AS digits,
-                       CAST((l.amount - TRUNC(l.amount)) * 1000000000 AS INT64) AS nanos
-                FROM w LEFT JOIN {self.table_ref(TRANSACTION_EVENTS)} AS l
-                  ON l.account_id = w.account_id AND l.currency = w.currency
-                 AND l.event_time >= w.window_start AND l.event_time < w.window_end
-                 AND l.event_time >= @wlo AND l.event_time < @whi
-            )
-            SELECT account_id, currency, window_start, window_end,
-                   COUNT(event_id) AS event_count,
-                   COALESCE(SUM(sign * CAST(SUBSTR(digits, 1, 10) AS INT64)), 0) AS high,
-                   COALESCE(SUM(sign * CAST(SUBSTR(digits, 11, 10) AS INT64)), 0) AS middle,
-                   COALESCE(SUM(sign * CAST(SUBSTR(digits, 21, 10) AS INT64)), 0) AS low,
-                   COALESCE(SUM(nanos), 0) AS nanos
-            FROM parts
-            GROUP BY account_id, currency, window_start, window_end
-        """
-
-    def totals_merge_sql(self) -> str:
-        return f"""
-            MERGE {self.table_ref(ACCOUNT_WINDOW_TOTALS)} AS T
-            USING (
-                SELECT r.account_id, r.currency, r.window_start, r.window_end, r.event_count,
-                       r.total_amount, r.total_overflow
-                FROM UNNEST(@totals) AS r
-            ) AS S
-            ON T.account_id = S.account_id AND T.currency = S.currency
-               AND T.window_start = S.window_start AND T.window_start BETWEEN @wlo AND @whi
-            WHEN MATCHED AND (T.event_count != S.event_count
-                              OR T.total_amount IS DISTINCT FROM S.total_amount
-                              OR T.window_end != S.window_end)
-                THEN UPDATE SET window_end = S.window_end, event_count = S.event_count,
-                                total_amount = S.total_amount,
-                                total_overflow = S.total_overflow, updated_at = @now
-            WHEN NOT MATCHED AND S.event_count > 0 THEN INSERT
-                (account_id, currency, window_start, window_end, event_count, total_amount,
-                 total_overflow, updated_at)
-                VALUES (S.account_id, S.currency, S.window_start, S.window_end, S.event_count,
-                        S.total_amount, S.total_overflow, @now)
-        """
-
-    # --- dead letters -------------------------------------------------------------------------
+    # --- dead letters -----------------------------------------------------------------------
 
     def merge_dead_letters(self, rows: Sequence[DeadLetter]) -> int:
         if not rows:
@@ -1165,60 +782,12 @@ class BigQueryWarehouse(Warehouse):
         return [_normalise(spec, dict(row.items())) for row in rows]
 
 
-_WIDEST_COUNT = 2**63 - 1
-_WIDEST_AMOUNT = -(NUMERIC_LIMIT - Decimal(1).scaleb(-AMOUNT_SCALE))
-
-
-def _total_param(
-    key: tuple[str, str, dt.datetime, dt.datetime], count: int, total: Decimal | None
-) -> bigquery.StructQueryParameter:
-    account_id, currency, start, end = key
-    return bigquery.StructQueryParameter(
-        None,
-        _scalar("account_id", "STRING", account_id),
-        _scalar("currency", "STRING", currency),
-        _ts("window_start", start),
-        _ts("window_end", end),
-        _scalar("event_count", "INT64", count),
-        _scalar("total_amount", "NUMERIC", total),
-        _scalar("total_overflow", "BOOL", total is None),
-    )
-
-
 def _request_bytes(sql: str, config: bigquery.QueryJobConfig) -> int:
     """The size of the jobs.insert body the client will send for this query (its JSON, as
     google-cloud-bigquery serialises it; the job reference is left to the budget's margin)."""
     configuration = config.to_api_repr()
     configuration.setdefault("query", {})["query"] = sql
     return len(json.dumps({"configuration": configuration}).encode("utf-8"))
-
-
-class _Repair:
-    """What a verification removed, so dead letters and recomputations follow."""
-
-    def __init__(self) -> None:
-        self.dead_letters: list[DeadLetter] = []
-        self.transaction_ids: set[str] = set()
-        self.windows: set[tuple[str, str, dt.datetime]] = set()
-
-
-_STAGE_SCHEMA = [
-    *(f for f in bigquery_schema(TRANSACTION_EVENTS) if f["name"] in _EVENT_COLUMNS),
-    {"name": "is_primary", "type": "BOOLEAN", "mode": "REQUIRED", "description": ""},
-    {"name": "window_start", "type": "TIMESTAMP", "mode": "REQUIRED", "description": ""},
-    {"name": "window_end", "type": "TIMESTAMP", "mode": "REQUIRED", "description": ""},
-]
-
-
-def _stage_row(candidate: LedgerCandidate) -> dict[str, Any]:
-    return _json_row(
-        {
-            **candidate.event._asdict(),
-            "is_primary": candidate.primary,
-            "window_start": candidate.window_start,
-            "window_end": candidate.window_end,
-        }
-    )
 
 
 def _dead_letter_row(row: DeadLetter) -> dict[str, Any]:
@@ -1250,22 +819,3 @@ def _ts(name: str, value: dt.datetime) -> bigquery.ScalarQueryParameter:
 
 def _array(name: str, kind: str, values: Sequence[Any]) -> bigquery.ArrayQueryParameter:
     return bigquery.ArrayQueryParameter(name, kind, list(values))
-
-
-def _windows_param(
-    keys: Sequence[tuple[str, str, dt.datetime, dt.datetime]],
-) -> bigquery.ArrayQueryParameter:
-    return bigquery.ArrayQueryParameter(
-        "windows",
-        "STRUCT",
-        [
-            bigquery.StructQueryParameter(
-                None,
-                _scalar("account_id", "STRING", account_id),
-                _scalar("currency", "STRING", currency),
-                _ts("window_start", start),
-                _ts("window_end", end),
-            )
-            for account_id, currency, start, end in keys
-        ],
-    )

@@ -1,12 +1,13 @@
 """The BigQuery warehouse under BigQuery's production rules (tests/production_bigquery/): it
 starts with only the roles terraform/iam.tf grants, carries the datasets' location on every job
-call, re-attaches after a lost reply, bounds the mutating DML one process puts in a table's
-queue, and keeps every request under the size limit. Each test failed on the warehouse as it was
-before these rules were enforced."""
+call, re-attaches after a lost reply, and bounds the mutating DML one process puts in a table's
+queue (requests under the size limit: test_bigquery_cycles.py). Each test failed on the
+warehouse as it was before these rules were enforced."""
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import subprocess
 import sys
@@ -17,12 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.dead_letters import STAGE_PARSE, make_dead_letter
 from pipeline.events import Event, LedgerCandidate
 from pipeline.sinks.bigquery import BigQuerySetupError, BigQueryWarehouse
+from pipeline.sinks.bigquery_appends import emulator_write_client
 from pipeline.tables import ALL_TABLES
 from pipeline.tools.reconcile import Report, check_invariants, fetch_tables, window_of
 from tests.bigquery_emulator import DEFAULT_PROJECT, BigQueryEmulator
-from tests.faults import FaultPlan, FaultyBigQueryFactory
 from tests.helpers import event_line
 from tests.production_bigquery import (
     TEST_LOCATION,
@@ -122,11 +124,15 @@ def test_create_datasets_needs_and_uses_the_right_to_create_them(
         f"{P}.{name}": frozenset({"roles/bigquery.dataEditor"}),
         f"{P}.{name}_staging": frozenset({"roles/bigquery.dataEditor"}),
     })  # fmt: skip
-    with ProductionBigQuery(bq_emulator.endpoint, grants=editor) as rules:
+    with ProductionBigQuery(
+        bq_emulator.endpoint, grants=editor, emulator_grpc=bq_emulator.grpc_address
+    ) as rules:
+        writer = functools.partial(emulator_write_client, rules.write_address)
 
         def opened() -> BigQueryWarehouse:
             return BigQueryWarehouse(P, name, client_factory=EmulatorClient(rules.endpoint),
-                                     create_datasets=True, location=TEST_LOCATION)  # fmt: skip
+                                     create_datasets=True, location=TEST_LOCATION,
+                                     write_client_factory=writer)  # fmt: skip
 
         warehouse = opened()
         with pytest.raises(BigQuerySetupError, match=r"bigquery\.datasets\.create"):
@@ -152,8 +158,8 @@ def test_datasets_outside_the_expected_location_are_refused(
     warehouse.close()
 
 
-# Which replies are lost: the insert of a MERGE or load (its job id names the run), the insert
-# of a read, a poll for a job's results.
+# Which replies are lost: the insert of a mutating job (a merge cycle, its job id names the run),
+# the insert of a read (the cycle's refused versions are read back), a poll for a job's results.
 _LOST = {
     "merge_insert": ("jobs.insert", "eo_{run_id}_"),
     "read_insert": ("jobs.insert", "eo_read_"),
@@ -173,6 +179,7 @@ def test_a_lost_reply_re_attaches_to_the_job_in_its_location(
     warehouse = BigQueryWarehouse(
         P, factory.dataset, client_factory=EmulatorClient(factory.endpoint),
         run_id=factory.run_id, request_timeout_seconds=2,
+        write_client_factory=factory.write_client_factory(),
     )  # fmt: skip
     warehouse.create_tables()
     operation, match = _LOST[which]
@@ -180,10 +187,13 @@ def test_a_lost_reply_re_attaches_to_the_job_in_its_location(
     faults.lose(operation, match.format(run_id=factory.run_id), how, stall_seconds=600)
     fired = faults.fired(operation)
     merged: list[object] = []
+    # Two events and a refused version of one of them, whose dead letter the cycle's reads drain.
+    refused = LedgerCandidate(ev("e1", tid="t9"), False, *window_of(T0, 60))
+    batch = [cand(ev("e1")), cand(ev("e2", tid="t2")), refused]
 
     def merge() -> None:
         try:
-            merged.append(warehouse.merge_events([cand(ev("e1")), cand(ev("e2", tid="t2"))]))
+            merged.append(warehouse.merge_events(batch))
         except Exception as error:  # reported by the assertion below
             merged.append(error)
 
@@ -198,34 +208,11 @@ def test_a_lost_reply_re_attaches_to_the_job_in_its_location(
     warehouse.close()
 
 
-def test_a_batch_retried_after_its_staging_table_expired_loads_it_again(
-    production_bigquery: ProductionBigQuery, tmp_path: Path
-) -> None:
-    """A batch failing for longer than the staging dataset's table expiration (a day): its
-    retry must not re-attach to the load whose table is gone."""
-    factory = fresh_bigquery(production_bigquery)
-    plan = FaultPlan(str(tmp_path / "faults.json")).arm("conflict:ledger", 1)
-    warehouse = FaultyBigQueryFactory(factory.endpoint, P, factory.dataset, plan)()
-    assert isinstance(warehouse, BigQueryWarehouse)
-    warehouse.create_tables()
-    batch = [cand(ev("e1")), cand(ev("e2", tid="t2"))]
-    with pytest.raises(Exception, match="serialize"):  # the contention the sink retries
-        warehouse.merge_events(batch)
-    admin = production_bigquery.admin_client(P)
-    staged = list(admin.list_tables(f"{P}.{factory.dataset}_staging"))
-    assert staged, "the failed batch left its staging table"
-    for table in staged:  # what the default table expiration does a day later
-        admin.delete_table(table)
-    admin.close()
-    assert warehouse.merge_events(batch).inserted == 2
-    _consistent(warehouse)
-    warehouse.close()
-
-
-def test_one_process_puts_at_most_two_batches_in_a_tables_dml_queue(
+def test_one_process_puts_at_most_two_jobs_in_a_tables_dml_queue(
     bq_emulator: BigQueryEmulator,
 ) -> None:
-    """Six DoFn instances of one worker process, each merging its own day at once."""
+    """Six DoFn instances of one worker process, each merging its own day of dead letters at once
+    (dead letters are merged batch by batch, by every instance of the sink)."""
     with ProductionBigQuery(bq_emulator.endpoint, latency=Latency(query=(0.3, 0.6))) as rules:
         factory = fresh_bigquery(rules)
         setup = factory()
@@ -237,7 +224,9 @@ def test_one_process_puts_at_most_two_batches_in_a_tables_dml_queue(
             warehouse = factory()  # one per DoFn instance, as in the sink
             try:
                 at = T0 + dt.timedelta(days=day)
-                warehouse.merge_events([cand(ev(f"e{day}", at=at, tid=f"t{day}"))])
+                row = make_dead_letter(STAGE_PARSE, "payload: not JSON", b"x%d" % day,
+                                       arrival_time=at)  # fmt: skip
+                warehouse.merge_dead_letters([row])
             except BaseException as error:  # reported below
                 errors.append(error)
             finally:
@@ -249,30 +238,7 @@ def test_one_process_puts_at_most_two_batches_in_a_tables_dml_queue(
         for thread in threads:
             thread.join()
         assert errors == []
-        for table in ("transaction_events", "transactions", "account_window_totals"):
-            assert rules.scheduler.peak_outstanding((P, factory.dataset, table)) <= 2, table
+        assert rules.scheduler.peak_outstanding((P, factory.dataset, "dead_letters")) <= 2
         check = factory()
-        assert len(check.fetch_rows("transaction_events")) == 6
-        _consistent(check)
+        assert len(check.fetch_rows("dead_letters")) == 6
         check.close()
-
-
-def test_a_batch_too_large_for_one_request_is_merged_in_parts(
-    production_bigquery: ProductionBigQuery,
-) -> None:
-    """6,000 contract-valid rows as wide as the contract allows (128-character account ids of
-    4-byte characters, each its own window): their window totals do not fit one 10 MB request."""
-    factory = fresh_bigquery(production_bigquery)
-    warehouse = factory()
-    warehouse.create_tables()
-    wide = "\U0001f4b6" * 124
-    batch = [cand(ev(f"e{i:04d}", account=f"{i:04d}{wide}", tid=f"t{i}")) for i in range(6000)]
-    before = len(production_bigquery.log)
-    outcome = warehouse.merge_events(batch)
-    assert outcome.inserted == 6000 and outcome.windows_upserted == 6000
-    sent = production_bigquery.log[before:]
-    assert [entry for entry in sent if entry.status == 400] == []
-    assert max(entry.bytes_in for entry in sent if entry.operation == "jobs.insert") > 2**20
-    assert len(warehouse.fetch_rows("transaction_events")) == 6000
-    _consistent(warehouse)
-    warehouse.close()
