@@ -23,8 +23,9 @@ from apache_beam.transforms.deduplicate import DeduplicatePerKey
 from pipeline import metrics
 from pipeline.dead_letters import DEAD_LETTER_TAG
 from pipeline.events import Event, LedgerCandidate
+from pipeline.sinks.dispatch import warehouse_factory
 from pipeline.sinks.upsert import StageAndMergeLedger, UpsertDeadLetters
-from pipeline.sinks.warehouse import WarehouseFactory, warehouse_factory
+from pipeline.sinks.warehouse import WarehouseFactory
 from pipeline.sources import ReadEventFiles
 from pipeline.transforms.dedup import DedupByEventId
 from pipeline.transforms.parse import ParseEvents

@@ -17,8 +17,8 @@ import time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.sinks.dispatch import warehouse_factory
 from pipeline.sinks.upsert import StageAndMergeLedger
-from pipeline.sinks.warehouse import warehouse_factory
 from pipeline.sources import ReadEventFiles
 from pipeline.transforms.parse import ParseEvents
 from pipeline.transforms.windows import AssignEventTimeWindows

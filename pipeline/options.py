@@ -11,8 +11,9 @@ import re
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipeline.gcp_names import PROJECT_ID, PUBSUB_NAME
+from pipeline.sinks.dispatch import BigQuerySettings, parse_warehouse_url
 from pipeline.sinks.upsert import SECONDS_PER_DAY, slice_divides_day
-from pipeline.sinks.warehouse import BigQuerySettings, parse_warehouse_url
 from pipeline.transforms.dedup import STRATEGIES
 from pipeline.transforms.windows import MAX_WINDOW_SECONDS
 
@@ -186,10 +187,8 @@ class EffectivelyOnceOptions(PipelineOptions):
         )
 
 
-_PROJECT = r"projects/[a-z][a-z0-9-]{4,28}[a-z0-9]"
-_NAME = r"[A-Za-z][\w\-.~+%]{2,254}"
-_SUBSCRIPTION = re.compile(rf"{_PROJECT}/subscriptions/{_NAME}")
-_TOPIC = re.compile(rf"{_PROJECT}/topics/{_NAME}")
+_SUBSCRIPTION = re.compile(rf"projects/{PROJECT_ID}/subscriptions/{PUBSUB_NAME}")
+_TOPIC = re.compile(rf"projects/{PROJECT_ID}/topics/{PUBSUB_NAME}")
 # Ten years: a horizon beyond it is a permanent lookup in all but cost, and a far larger one
 # would take the lookup's bounds out of TIMESTAMP's range.
 MAX_DEDUP_HORIZON_DAYS = 3650

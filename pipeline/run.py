@@ -30,18 +30,13 @@ from pipeline.options import (
     validate,
 )
 from pipeline.progress import ProgressHandle, RunProgress, register_run, unregister_run
+from pipeline.sinks.dispatch import open_warehouse, warehouse_factory
 from pipeline.sinks.upsert import (
     Checkpointing,
     StageAndMergeLedger,
     UpsertDeadLetters,
 )
-from pipeline.sinks.warehouse import (
-    MergeOutcome,
-    WarehouseFactory,
-    WarehouseSetupError,
-    open_warehouse,
-    warehouse_factory,
-)
+from pipeline.sinks.warehouse import MergeOutcome, WarehouseFactory, WarehouseSetupError
 from pipeline.sources import (
     ReadEventFiles,
     ReadPubSubMessages,

@@ -36,7 +36,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO
 
-from pipeline.sinks.warehouse import open_warehouse
+from pipeline.sinks.dispatch import open_warehouse
 from pipeline.tools.local_streaming import run_until_idle
 from pipeline.tools.pubsub_emulator import create_topic_and_subscription, running_emulator
 from producer.cli import decimal_argument

@@ -26,7 +26,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pipeline.sinks.warehouse import open_warehouse
+from pipeline.sinks.dispatch import open_warehouse
 from pipeline.tools.pubsub_emulator import (
     Emulator,
     create_topic_and_subscription,

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from pipeline import metrics
+from pipeline.gcp_names import PROJECT_ID
 from pipeline.tables import ALL_TABLES
 from pipeline.tools import template_metadata
 from tests.terraform_hcl import (
@@ -152,6 +153,13 @@ def test_every_variable_is_typed_and_described(folder: Path) -> None:
         assert variable.get("type"), f"{folder}: variable {name} has no type"
         description = str(variable.get("description", "")).strip()
         assert len(description) > 10, f"{folder}: variable {name} has no description"
+
+
+def test_the_project_id_is_validated_as_the_pipeline_validates_it() -> None:
+    """terraform/variables.tf writes PROJECT_ID in HCL; it must be pipeline/gcp_names.py's."""
+    (project,) = [v for name, v in named(TERRAFORM, "variable").items() if name == "project_id"]
+    (validation,) = project["validation"]
+    assert f'regex("^{PROJECT_ID}$", var.project_id)' in validation["condition"]
 
 
 @pytest.mark.parametrize("folder", MODULES, ids=lambda p: str(p.relative_to(ROOT)))

@@ -55,6 +55,7 @@ from pipeline.events import (
     format_amount,
     format_timestamp,
 )
+from pipeline.gcp_names import DATASET_ID, PROJECT_ID
 from pipeline.sinks import ledger_rules
 from pipeline.sinks.bigquery_appends import (
     SCHEMA_NOT_YET_SEEN,
@@ -82,8 +83,8 @@ from pipeline.tables import (
     validate_identifier,
 )
 
-_PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
-_DATASET = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,1023}")
+_PROJECT = re.compile(PROJECT_ID)
+_DATASET = re.compile(DATASET_ID)
 _LOG = logging.getLogger(__name__)
 _EVENT_COLUMNS = CONTRACT_FIELDS  # the ledger's columns are the contract's fields
 # Legacy SQL type names the API may return for a column, as BIGQUERY_TYPES spells them.

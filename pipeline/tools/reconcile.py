@@ -37,7 +37,8 @@ from pipeline.events import (
     parse_event,
     to_micros,
 )
-from pipeline.sinks.warehouse import Warehouse, open_warehouse
+from pipeline.sinks.dispatch import open_warehouse
+from pipeline.sinks.warehouse import Warehouse
 from pipeline.tables import DATA_TABLES
 
 Row = dict[str, Any]

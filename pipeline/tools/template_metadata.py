@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.gcp_names import DATASET_ID, PROJECT_ID, PUBSUB_NAME
 from pipeline.options import EffectivelyOnceOptions
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "templates" / "metadata.json"
@@ -39,9 +40,7 @@ TEMPLATE_DESCRIPTION = (
 
 # Regexes are anchored and use only syntax that Java (which checks them at launch), RE2 and
 # Python agree on: no lookaround, no backreferences, no named groups.
-_PROJECT_ID = r"[a-z][a-z0-9-]{4,28}[a-z0-9]"
-_PUBSUB_NAME = r"[A-Za-z][A-Za-z0-9_.~+%-]{2,254}"
-_DATASET = rf"{_PROJECT_ID}\.[A-Za-z0-9_]{{1,1024}}"
+_DATASET = rf"{PROJECT_ID}\.{DATASET_ID}"
 _POSITIVE_INT = r"^[1-9][0-9]{0,9}$"
 _NON_NEGATIVE_INT = r"^(0|[1-9][0-9]{0,9})$"
 _DECIMAL = r"^[0-9]{1,9}(\.[0-9]{1,6})?$"  # seconds; validate() refuses 0 where it must
@@ -71,7 +70,7 @@ PARAMETERS: dict[str, ParameterSpec] = {
     ),
     "input_subscription": ParameterSpec(
         "Pub/Sub subscription (streaming)",
-        regex=rf"^projects/{_PROJECT_ID}/subscriptions/{_PUBSUB_NAME}$",
+        regex=rf"^projects/{PROJECT_ID}/subscriptions/{PUBSUB_NAME}$",
         examples=(
             "projects/my-project/subscriptions/effectively-once-events-dataflow",
             "projects/my-project/subscriptions/events",
@@ -81,7 +80,7 @@ PARAMETERS: dict[str, ParameterSpec] = {
     ),
     "input_topic": ParameterSpec(
         "Pub/Sub topic (streaming, no replay)",
-        regex=rf"^projects/{_PROJECT_ID}/topics/{_PUBSUB_NAME}$",
+        regex=rf"^projects/{PROJECT_ID}/topics/{PUBSUB_NAME}$",
         examples=("projects/my-project/topics/effectively-once-events",),
         bad=("effectively-once-events", "projects/my-project/subscriptions/events"),
         param_type="PUBSUB_TOPIC",
