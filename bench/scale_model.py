@@ -14,7 +14,7 @@ Designs:
 * ``today_sharded``: the same with the day key split into 16 shards, so 16 batches run at once;
   their mutating statements meet BigQuery's per-table queue (2 running, 20 waiting: beyond that
   the statement fails and its batch is retried) and conflict when two update the same day.
-* ``staged``: the built design (pipeline/sinks/bigquery_appends.py, bigquery_cycle.py): workers
+* ``staged``: the built design (pipeline/sinks/bigquery/appends.py, bigquery_cycle.py): workers
   append rows to a staging table as they come (Storage Write API, default stream); one merge
   cycle per interval (60 s) is one script job whose statements, read from the script itself
   (``cycle_statements``), run one after another in a transaction over the rows staged when it
@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 import sqlglot
 from sqlglot import expressions as exp
 
-from pipeline.sinks.bigquery_cycle import cycle_script
+from pipeline.sinks.bigquery.cycle import cycle_script
 from tests.production_bigquery.jobs import (
     CONFLICT_RERUNS,
     DML_QUEUED_PER_TABLE,

@@ -247,7 +247,7 @@ class FaultyBigQueryFactory:
 
     def __call__(self) -> Warehouse:
         from pipeline.sinks.bigquery import BigQueryWarehouse
-        from pipeline.sinks.bigquery_appends import emulator_write_client
+        from pipeline.sinks.bigquery.appends import emulator_write_client
         from tests.warehouses import EmulatorClient
 
         def client(project: str) -> Any:

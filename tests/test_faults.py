@@ -14,7 +14,7 @@ import pytest
 
 from pipeline import metrics
 from pipeline.sinks.bigquery import BigQueryWarehouse
-from pipeline.sinks.bigquery_appends import STAGED_EVENTS
+from pipeline.sinks.bigquery.appends import STAGED_EVENTS
 from pipeline.sinks.warehouse import WarehouseFactory
 from pipeline.tools.generate import GeneratorConfig, generate, write
 from pipeline.tools.reconcile import Report, Truth, check_invariants, check_truth, fetch_tables

@@ -24,7 +24,7 @@ from google.cloud import bigquery
 from pipeline.dead_letters import DeadLetter
 from pipeline.events import LedgerCandidate
 from pipeline.sinks.bigquery import BigQueryWarehouse
-from pipeline.sinks.bigquery_appends import (
+from pipeline.sinks.bigquery.appends import (
     STORAGE_EMULATOR_ENV,
     WriteClientFactory,
     emulator_write_client,

@@ -147,8 +147,8 @@ def test_appends_naming_a_column_the_write_api_does_not_see_yet_are_retried() ->
     start-up, which adds the columns first, rules that out."""
     from google.api_core import exceptions as api_exceptions
 
-    from pipeline.sinks.bigquery import _is_transient
+    from pipeline.sinks.bigquery import is_transient
 
     refusal = "Input schema has more fields than BigQuery schema, extra fields: 'tip'"
-    assert _is_transient(api_exceptions.InvalidArgument(refusal))
-    assert not _is_transient(api_exceptions.InvalidArgument("Field amount: invalid value"))
+    assert is_transient(api_exceptions.InvalidArgument(refusal))
+    assert not is_transient(api_exceptions.InvalidArgument("Field amount: invalid value"))

@@ -20,10 +20,10 @@ from google.cloud.bigquery_storage_v1 import types
 from sqlglot import expressions as exp
 
 from pipeline.events import Event, LedgerCandidate
-from pipeline.sinks import bigquery as bigquery_sink
 from pipeline.sinks.bigquery import BigQueryBatchError, BigQueryWarehouse
-from pipeline.sinks.bigquery_appends import STAGED_EVENTS, append, append_requests, staged_rows
-from pipeline.sinks.bigquery_cycle import STAGED_CONFLICTS
+from pipeline.sinks.bigquery import warehouse as bigquery_sink
+from pipeline.sinks.bigquery.appends import STAGED_EVENTS, append, append_requests, staged_rows
+from pipeline.sinks.bigquery.cycle import STAGED_CONFLICTS
 from pipeline.tables import ALL_TABLES
 from pipeline.tools.reconcile import window_of
 from tests.faults import FaultPlan, FaultyWarehouseFactory, RecordingBigQueryClient

@@ -21,7 +21,7 @@ import pytest
 from pipeline.dead_letters import STAGE_PARSE, make_dead_letter
 from pipeline.events import Event, LedgerCandidate
 from pipeline.sinks.bigquery import BigQuerySetupError, BigQueryWarehouse
-from pipeline.sinks.bigquery_appends import emulator_write_client
+from pipeline.sinks.bigquery.appends import emulator_write_client
 from pipeline.tables import ALL_TABLES
 from pipeline.tools.reconcile import Report, check_invariants, fetch_tables, window_of
 from tests.bigquery_emulator import DEFAULT_PROJECT, BigQueryEmulator

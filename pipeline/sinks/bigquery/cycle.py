@@ -5,7 +5,7 @@ merges it into the ledger, ``transactions`` and ``account_window_totals``, recor
 it refused in ``staged_conflicts``, and deletes exactly the staged rows it took (by
 ``stage_id``), all or nothing: a crash or a failed statement rolls everything back and the next
 cycle takes the same rows again; rows appended meanwhile wait for the next cycle. The conflicts
-become dead letters after the commit (pipeline/sinks/bigquery.py, ``merge_staged``), from that
+become dead letters after the commit (pipeline/sinks/bigquery/, ``merge_staged``), from that
 durable table, so none is lost between the two.
 
 The rules are those of pipeline/sinks/ledger_rules.py and DuckDB's SQL: identical versions count

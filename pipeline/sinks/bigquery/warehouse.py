@@ -1,10 +1,10 @@
 """BigQuery: the production warehouse, with the same semantics as DuckDB.
 
 Written by staged appends and merge cycles (docs/BIGQUERY.md, "Merge cycles"): workers append
-their rows to ``staged_events`` through the Storage Write API (pipeline/sinks/bigquery_appends.py);
+their rows to ``staged_events`` through the Storage Write API (pipeline/sinks/bigquery/appends.py);
 a merge cycle is one script job, one multi-statement transaction that merges what staging holds
 into the ledger, ``transactions`` and the totals and removes the rows it took
-(pipeline/sinks/bigquery_cycle.py); the versions it refused become dead letters afterwards, from
+(pipeline/sinks/bigquery/cycle.py); the versions it refused become dead letters afterwards, from
 the durable ``staged_conflicts``. ``merge_events`` stages one batch and runs one cycle.
 
 Job ids of mutating jobs derive from the run and the work, so a retried call re-attaches to the
@@ -28,37 +28,26 @@ every API call has a timeout.
 
 from __future__ import annotations
 
-import concurrent.futures
 import datetime as dt
 import hashlib
-import json
 import logging
-import os
 import re
-import threading
 import uuid
 from collections.abc import Callable, Sequence
-from decimal import Decimal
 from typing import Any
 
-import requests
 from google.api_core import exceptions as api_exceptions
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 from google.cloud.bigquery_storage_v1 import BigQueryWriteClient
 
 from pipeline.dead_letters import DeadLetter, conflict_dead_letter
 from pipeline.events import (
     CONTRACT_FIELDS,
-    Event,
     LedgerCandidate,
-    format_amount,
-    format_timestamp,
 )
 from pipeline.gcp_names import DATASET_ID, PROJECT_ID
 from pipeline.sinks import ledger_rules
-from pipeline.sinks.bigquery_appends import (
-    SCHEMA_NOT_YET_SEEN,
+from pipeline.sinks.bigquery.appends import (
     STAGED_EVENTS,
     AppendFailed,
     WriteClientFactory,
@@ -66,7 +55,24 @@ from pipeline.sinks.bigquery_appends import (
     default_write_client,
     staged_rows,
 )
-from pipeline.sinks.bigquery_cycle import STAGED_CONFLICTS, cycle_script
+from pipeline.sinks.bigquery.cycle import STAGED_CONFLICTS, cycle_script
+from pipeline.sinks.bigquery.jobs import (
+    REQUEST_BUDGET_BYTES,
+    REQUEST_TIMEOUT_SECONDS,
+    BigQueryBatchError,
+    Jobs,
+    batch_slots,
+    default_client,
+    is_transient,
+)
+from pipeline.sinks.bigquery.rows import (
+    array,
+    dead_letter_row,
+    event_of,
+    normalised,
+    scalar,
+    timestamp,
+)
 from pipeline.sinks.schema_evolution import StoredColumn, evolution
 from pipeline.sinks.warehouse import MergeOutcome, Warehouse, WarehouseSetupError
 from pipeline.tables import (
@@ -89,19 +95,6 @@ _LOG = logging.getLogger(__name__)
 _EVENT_COLUMNS = CONTRACT_FIELDS  # the ledger's columns are the contract's fields
 # Legacy SQL type names the API may return for a column, as BIGQUERY_TYPES spells them.
 _STANDARD_TYPES = {"INT64": "INTEGER", "BOOL": "BOOLEAN", "FLOAT64": "FLOAT"}
-_TRANSIENT_MESSAGES = (
-    "could not serialize access",
-    "concurrent update",
-    "too many dml statements outstanding",
-    "rate limit",
-    "ratelimitexceeded",
-    "backenderror",
-    "failed to commit",  # the local emulator's word for a write-write conflict
-    # A column just added at start-up (a new optional field) reaches the write API's view of
-    # the table minutes later; appends naming it are refused until then, so they are retried
-    # (pipeline/sinks/bigquery_appends.py).
-    SCHEMA_NOT_YET_SEEN,
-)
 STAGING_TABLE_EXPIRATION = dt.timedelta(days=1)
 # Refused versions turned into dead letters per round: their ids' requests stay near 1 MB.
 DRAIN_ROWS = 10_000
@@ -115,97 +108,8 @@ def parse_dataset(reference: str) -> tuple[str, str]:
     return project, dataset
 
 
-class BigQueryBatchError(RuntimeError):
-    """A batch job failed; ``transient`` says whether trying again may succeed."""
-
-    def __init__(self, message: str, transient: bool) -> None:
-        super().__init__(message)
-        self.transient = transient
-
-
-def _is_transient(error: BaseException) -> bool:
-    if isinstance(error, BigQueryBatchError):
-        return error.transient
-    if isinstance(
-        error,
-        api_exceptions.ServiceUnavailable
-        | api_exceptions.Aborted  # the write API's word for a conflict
-        | api_exceptions.InternalServerError
-        | api_exceptions.TooManyRequests
-        | api_exceptions.GatewayTimeout
-        | api_exceptions.DeadlineExceeded
-        | api_exceptions.RetryError  # the client's own retries of a 5xx or timeout ran out
-        | ConnectionError
-        | TimeoutError
-        | requests.exceptions.ConnectionError
-        | requests.exceptions.Timeout
-        | requests.exceptions.ChunkedEncodingError,
-    ):
-        return True
-    return any(text in str(error).lower() for text in _TRANSIENT_MESSAGES)
-
-
-def _json_row(values: dict[str, Any]) -> dict[str, Any]:
-    """Load-job JSON: NUMERIC as plain-notation strings and TIMESTAMP as RFC 3339, so nothing
-    passes through float."""
-    row: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, Decimal):
-            row[key] = format_amount(value)
-        elif isinstance(value, dt.datetime):
-            row[key] = format_timestamp(value)
-        else:
-            row[key] = value
-    return row
-
-
-def default_client(project: str) -> bigquery.Client:
-    """The client a run uses. Like Google's clients with ``PUBSUB_EMULATOR_HOST``,
-    google-cloud-bigquery sends requests to ``BIGQUERY_EMULATOR_HOST`` when it is set (a URL,
-    e.g. http://127.0.0.1:9050); an emulator takes no credentials, so none are looked up then.
-    That is how a local run, or a test of the command line, reaches a local BigQuery."""
-    if os.environ.get("BIGQUERY_EMULATOR_HOST"):
-        return bigquery.Client(project=project, credentials=AnonymousCredentials())
-    return bigquery.Client(project=project)
-
-
 class BigQuerySetupError(WarehouseSetupError):
     """The datasets or tables are not as the pipeline needs them."""
-
-
-class RequestTooLarge(BigQueryBatchError):
-    """A request would exceed BigQuery's size limit; the batch is merged in smaller parts."""
-
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"a BigQuery request of {size} bytes exceeds {limit}", transient=False)
-
-
-# BigQuery refuses an API request over 10 MB, parameters included
-# (https://cloud.google.com/bigquery/quotas#api_request_quotas). A query's request is measured
-# before it is sent, with room left for what the estimate does not count (headers, the job
-# reference); one that would not fit fails before it is sent (``RequestTooLarge``). Requests are
-# bounded by design: appends are chunked (bigquery_appends.py), dead letters come in batches and
-# refused versions are drained ``DRAIN_ROWS`` at a time.
-MAX_REQUEST_BYTES = 10 * 1024 * 1024
-REQUEST_BUDGET_BYTES = MAX_REQUEST_BYTES * 9 // 10
-# Per HTTP request, not per job: a call that gets no answer is abandoned after this and retried
-# (the client's retry re-sends it; a job insert then meets 409 and re-attaches). Without it the
-# client waits forever on a connection that lost its reply.
-REQUEST_TIMEOUT_SECONDS = 60.0
-
-# One limiter per worker process and warehouse dataset, shared by every DoFn instance of the
-# process (Dataflow runs many in one process: threads, and a DoFn instance per thread): BigQuery
-# runs 2 mutating DML statements per table and queues 20; a merge cycle and a dead-letter batch
-# each run their statements one after another, so this bounds what one process puts in that
-# queue.
-_BATCH_SLOTS: dict[tuple[str, str, int], threading.BoundedSemaphore] = {}
-_BATCH_SLOTS_LOCK = threading.Lock()
-
-
-def batch_slots(project: str, dataset: str, size: int) -> threading.BoundedSemaphore:
-    """The process's limiter of concurrent batches into ``project.dataset``."""
-    with _BATCH_SLOTS_LOCK:
-        return _BATCH_SLOTS.setdefault((project, dataset, size), threading.BoundedSemaphore(size))
 
 
 class BigQueryWarehouse(Warehouse):
@@ -263,7 +167,9 @@ class BigQueryWarehouse(Warehouse):
         if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", self.run_id):
             raise ValueError(f"run_id must be letters, digits or _, got {run_id!r}")
         self._timeout = request_timeout_seconds
-        self._max_request_bytes = max_request_bytes
+        self.jobs = Jobs(
+            lambda: self.client, lambda: self.location, self._timeout, max_request_bytes
+        )
         self._client: bigquery.Client | None = None
         self._write_client_factory = write_client_factory or default_write_client
         self._write_client: BigQueryWriteClient | None = None
@@ -301,7 +207,7 @@ class BigQueryWarehouse(Warehouse):
             self._write_client = None
 
     def is_transient(self, error: BaseException) -> bool:
-        return _is_transient(error)
+        return is_transient(error)
 
     def _job_scope(self) -> str:
         # Job ids are project-wide: the destination is part of them, so two datasets never
@@ -312,136 +218,11 @@ class BigQueryWarehouse(Warehouse):
         name = validate_identifier(table if isinstance(table, str) else table.name)
         return f"`{self.project}.{self.dataset}.{name}`"
 
+    def _staging_table(self, name: str) -> str:
+        return f"{self.staging_project}.{self.staging_dataset}.{validate_identifier(name)}"
+
     def _staging_ref(self, name: str) -> str:
         return f"`{self.staging_project}.{self.staging_dataset}.{validate_identifier(name)}`"
-
-    def _run_job(
-        self,
-        start: Callable[[str], bigquery.job.QueryJob | bigquery.job.LoadJob],
-        job_id: str | None,
-        still_useful: Callable[[], bool] | None = None,
-    ) -> Any:
-        """Run a job; with a ``job_id``, re-attach to an earlier job of that id instead of
-        running it twice, and after a failed one (or one whose result is gone: ``still_useful``
-        says no) try the next attempt id. A read gets an id of its own, so that it too
-        re-attaches when the reply to its insert was lost."""
-        job_id = job_id or f"eo_read_{uuid.uuid4().hex}"
-        attempt = 0
-        while True:
-            attempt_id = f"{job_id}_{attempt}"
-            job: Any
-            try:
-                job = start(attempt_id)
-            except api_exceptions.Conflict:
-                job = self._get_job(attempt_id, just_created=True)
-                if job.error_result or (
-                    still_useful is not None and job.state == "DONE" and not still_useful()
-                ):
-                    attempt += 1
-                    continue
-            return self._wait(job)
-
-    def _get_job(self, job_id: str, just_created: bool = False) -> Any:
-        try:
-            return self.client.get_job(job_id, location=self.location, timeout=self._timeout)
-        except api_exceptions.NotFound as error:
-            if not just_created:
-                raise
-            # BigQuery said the id exists (409); a job is not always visible at once after
-            # that (googleapis/python-bigquery#2134): look again on the next try.
-            raise BigQueryBatchError(f"job {job_id} exists but is not visible yet", True) from error
-
-    def _earlier_job(self, job_id: str) -> Any | None:
-        """The successful job a previous attempt of this batch ran under ``job_id``, if any."""
-        attempt = 0
-        while True:
-            try:
-                job = self._get_job(f"{job_id}_{attempt}")
-            except api_exceptions.NotFound:
-                return None
-            if not job.error_result:
-                return self._wait(job)
-            attempt += 1
-
-    def _wait(self, job: Any) -> Any:
-        """Wait for the job, polling with the request timeout: a poll that gets no reply is
-        abandoned and sent again, never waited on forever."""
-        while True:
-            try:
-                job.result(timeout=self._timeout)
-            except concurrent.futures.TimeoutError:
-                continue  # not done yet, or a poll got no answer: poll again
-            except api_exceptions.GoogleAPICallError as error:
-                raise BigQueryBatchError(
-                    f"BigQuery job {job.job_id} failed: {error}", _is_transient(error)
-                ) from error
-            return job
-
-    def _rows(
-        self,
-        sql: str,
-        params: Sequence[bigquery.ScalarQueryParameter | bigquery.ArrayQueryParameter],
-    ) -> list[Any]:
-        """The rows of a read query, every page fetched with the request timeout."""
-        return list(self._query(sql, params).result(timeout=self._timeout))
-
-    def _query(
-        self,
-        sql: str,
-        params: Sequence[bigquery.ScalarQueryParameter | bigquery.ArrayQueryParameter],
-        job_id: str | None = None,
-    ) -> bigquery.job.QueryJob:
-        config = self._check_size(sql, params)
-        return self._run_job(
-            lambda attempt_id: self.client.query(
-                sql,
-                job_config=config,
-                job_id=attempt_id,
-                job_retry=None,
-                location=self.location,
-                timeout=self._timeout,
-            ),
-            job_id,
-        )
-
-    def _load(self, table: str, schema: list[dict[str, str]], rows: list[dict[str, Any]],
-              job_id: str) -> None:  # fmt: skip
-        config = bigquery.LoadJobConfig(
-            schema=[bigquery.SchemaField.from_api_repr(field) for field in schema],
-            write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
-            source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
-        )
-        destination = f"{self.staging_project}.{self.staging_dataset}.{table}"
-        # Over 5 MB the client switches to a resumable upload, whose chunks the request limit
-        # does not apply to; below it a multipart request stays under the limit. A batch
-        # retried after its staging table expired (the dataset's default expiration) loads it
-        # again instead of re-attaching to the load that made it.
-        self._run_job(
-            lambda attempt_id: self.client.load_table_from_json(
-                rows,
-                destination,
-                job_config=config,
-                job_id=attempt_id,
-                location=self.location,
-                timeout=self._timeout,
-            ),
-            job_id,
-            still_useful=lambda: self._exists(destination),
-        )
-
-    def _exists(self, table: str) -> bool:
-        try:
-            self.client.get_table(table, timeout=self._timeout)
-        except api_exceptions.NotFound:
-            return False
-        return True
-
-    def _drop_stage(self, name: str) -> None:
-        self.client.delete_table(
-            f"{self.staging_project}.{self.staging_dataset}.{name}",
-            not_found_ok=True,
-            timeout=self._timeout,
-        )
 
     # --- datasets and tables ------------------------------------------------------------------
 
@@ -610,7 +391,7 @@ class BigQueryWarehouse(Warehouse):
             raise BigQueryBatchError(str(error), error.transient) from error
 
     def merge_staged(self) -> MergeOutcome:
-        """One cycle script (pipeline/sinks/bigquery_cycle.py), then the dead letters of the
+        """One cycle script (pipeline/sinks/bigquery/cycle.py), then the dead letters of the
         versions it refused, and of any an earlier cycle refused and did not turn into dead
         letters before it stopped."""
         cycle = uuid.uuid4().hex
@@ -622,11 +403,11 @@ class BigQueryWarehouse(Warehouse):
             self._staging_ref(STAGED_CONFLICTS.name),
             horizon=self.dedup_horizon_days > 0,
         )
-        params = [_scalar("cycle", "STRING", cycle), _ts("now", dt.datetime.now(dt.UTC))]
+        params = [scalar("cycle", "STRING", cycle), timestamp("now", dt.datetime.now(dt.UTC))]
         if self.dedup_horizon_days:
-            params.append(_scalar("horizon_days", "INT64", self.dedup_horizon_days))
+            params.append(scalar("horizon_days", "INT64", self.dedup_horizon_days))
         with self._slots:
-            job = self._query(script, params, job_id=f"eo_{self.run_id}_{cycle}_cycle")
+            job = self.jobs.query(script, params, job_id=f"eo_{self.run_id}_{cycle}_cycle")
             (counts,) = list(job.result(timeout=self._timeout))
             dead_letters = self._drain_conflicts() if counts["pending_conflicts"] else 0
         inserted, conflicts = int(counts["inserted"]), int(counts["conflicts"])
@@ -647,12 +428,12 @@ class BigQueryWarehouse(Warehouse):
         table = self._staging_ref(STAGED_CONFLICTS.name)
         inserted = 0
         while True:
-            rows = [dict(r.items()) for r in self._rows(
+            rows = [dict(r.items()) for r in self.jobs.rows(
                 f"SELECT * FROM {table} ORDER BY conflict_id LIMIT {DRAIN_ROWS}", [])]  # fmt: skip
             letters = [
                 conflict_dead_letter(
-                    _event(row),
-                    _event(row, "kept_") if row["kept_event_id"] is not None else None,
+                    event_of(row),
+                    event_of(row, "kept_") if row["kept_event_id"] is not None else None,
                 )
                 for row in rows
             ]
@@ -660,9 +441,9 @@ class BigQueryWarehouse(Warehouse):
             digest = hashlib.sha256("\n".join([self._job_scope(), *ids]).encode()).hexdigest()
             inserted += self._insert_dead_letters(letters, f"eo_{self.run_id}_cdl_{digest[:32]}")
             if ids:
-                self._query(
+                self.jobs.query(
                     f"DELETE FROM {table} WHERE conflict_id IN UNNEST(@ids)",
-                    [_array("ids", "STRING", ids)],
+                    [array("ids", "STRING", ids)],
                 )
             if len(rows) < DRAIN_ROWS:
                 return inserted
@@ -678,17 +459,6 @@ class BigQueryWarehouse(Warehouse):
         return self.merge_staged()
 
     # --- requests ---------------------------------------------------------------------------
-
-    def _check_size(
-        self,
-        sql: str,
-        params: Sequence[bigquery.ScalarQueryParameter | bigquery.ArrayQueryParameter],
-    ) -> bigquery.QueryJobConfig:
-        config = bigquery.QueryJobConfig(query_parameters=list(params))
-        size = _request_bytes(sql, config)
-        if size > self._max_request_bytes:
-            raise RequestTooLarge(size, self._max_request_bytes)
-        return config
 
     # --- dead letters -----------------------------------------------------------------------
 
@@ -711,25 +481,27 @@ class BigQueryWarehouse(Warehouse):
         ids = [r.dead_letter_id for r in unique]
         present = {
             row["dead_letter_id"]
-            for row in self._rows(
+            for row in self.jobs.rows(
                 f"""SELECT dead_letter_id FROM {self.table_ref(DEAD_LETTERS)}
                     WHERE dead_letter_id IN UNNEST(@ids)""",
-                [_array("ids", "STRING", ids)],
+                [array("ids", "STRING", ids)],
             )
         }
         new = [r for r in unique if r.dead_letter_id not in present]
         if not new:
             return 0
         stage = f"stage_{job}"
-        self._load(stage, bigquery_schema(DEAD_LETTERS), [_dead_letter_row(r) for r in new],
-                   f"{job}_stage")  # fmt: skip
+        loaded = [dead_letter_row(r) for r in new]
+        self.jobs.load(
+            self._staging_table(stage), bigquery_schema(DEAD_LETTERS), loaded, f"{job}_stage"
+        )
         arrivals = [r.arrival_time for r in new]
-        merged = self._query(
+        merged = self.jobs.query(
             self.dead_letters_merge_sql(stage),
-            [_ts("lo", min(arrivals)), _ts("hi", max(arrivals))],
+            [timestamp("lo", min(arrivals)), timestamp("hi", max(arrivals))],
             job_id=f"{job}_merge",
         )
-        self._drop_stage(stage)
+        self.jobs.drop(self._staging_table(stage))
         return int(merged.num_dml_affected_rows or 0)
 
     def dead_letters_merge_sql(self, stage: str) -> str:
@@ -748,16 +520,16 @@ class BigQueryWarehouse(Warehouse):
 
     def read_checkpoint(self, source: str) -> dt.datetime | None:
         rows = list(
-            self._rows(
+            self.jobs.rows(
                 f"SELECT replay_from FROM {self.table_ref(INGEST_CHECKPOINTS)}"
                 " WHERE source = @source",
-                [_scalar("source", "STRING", source)],
+                [scalar("source", "STRING", source)],
             )
         )
         return rows[0]["replay_from"] if rows else None
 
     def write_checkpoint(self, source: str, replay_from: dt.datetime) -> None:
-        self._query(
+        self.jobs.query(
             f"""MERGE {self.table_ref(INGEST_CHECKPOINTS)} AS T
                 USING (SELECT @source AS source, @replay_from AS replay_from) AS S
                 ON T.source = S.source
@@ -765,9 +537,9 @@ class BigQueryWarehouse(Warehouse):
                 WHEN NOT MATCHED THEN INSERT (source, replay_from, updated_at)
                     VALUES (S.source, S.replay_from, @now)""",
             [
-                _scalar("source", "STRING", source),
-                _ts("replay_from", replay_from),
-                _ts("now", dt.datetime.now(dt.UTC)),
+                scalar("source", "STRING", source),
+                timestamp("replay_from", replay_from),
+                timestamp("now", dt.datetime.now(dt.UTC)),
             ],
         )
 
@@ -777,46 +549,7 @@ class BigQueryWarehouse(Warehouse):
         spec = next((t for t in ALL_TABLES if t.name == validate_identifier(table)), None)
         if spec is None:
             raise ValueError(f"unknown table {table!r}")
-        rows = self._rows(
+        rows = self.jobs.rows(
             f"SELECT * FROM {self.table_ref(spec)} ORDER BY {', '.join(spec.key)}", []
         )
-        return [_normalise(spec, dict(row.items())) for row in rows]
-
-
-def _request_bytes(sql: str, config: bigquery.QueryJobConfig) -> int:
-    """The size of the jobs.insert body the client will send for this query (its JSON, as
-    google-cloud-bigquery serialises it; the job reference is left to the budget's margin)."""
-    configuration = config.to_api_repr()
-    configuration.setdefault("query", {})["query"] = sql
-    return len(json.dumps({"configuration": configuration}).encode("utf-8"))
-
-
-def _dead_letter_row(row: DeadLetter) -> dict[str, Any]:
-    values = row._asdict()
-    if values["attributes"] is not None:
-        values["attributes"] = json.loads(values["attributes"])
-    return _json_row(values)
-
-
-def _event(row: dict[str, Any], prefix: str = "") -> Event:
-    return Event(*(row[prefix + name] for name in _EVENT_COLUMNS))
-
-
-def _normalise(spec: Table, row: dict[str, Any]) -> dict[str, Any]:
-    """Rows as DuckDB returns them: JSON columns as text, so both warehouses compare equal."""
-    for column in spec.columns:
-        if column.type == "JSON" and row.get(column.name) is not None:
-            row[column.name] = json.dumps(row[column.name], sort_keys=True)
-    return row
-
-
-def _scalar(name: str | None, kind: str, value: Any) -> bigquery.ScalarQueryParameter:
-    return bigquery.ScalarQueryParameter(name, kind, value)
-
-
-def _ts(name: str, value: dt.datetime) -> bigquery.ScalarQueryParameter:
-    return bigquery.ScalarQueryParameter(name, "TIMESTAMP", value)
-
-
-def _array(name: str, kind: str, values: Sequence[Any]) -> bigquery.ArrayQueryParameter:
-    return bigquery.ArrayQueryParameter(name, kind, list(values))
+        return [normalised(spec, dict(row.items())) for row in rows]
