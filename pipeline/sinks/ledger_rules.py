@@ -3,7 +3,7 @@
 A warehouse stages a batch, inserts the chosen versions whose event_id is absent, and hands what
 its ledger then holds for the batch's ids, read back after the insert, to :func:`judge`. BigQuery
 applies them in Python, per batch.
-DuckDB, whose merge cycles are set-based, writes the same rules in SQL (pipeline/sinks/duckdb.py);
+DuckDB, whose merge cycles are set-based, writes the same rules in SQL (pipeline/sinks/duckdb/);
 the warehouse contract tests (tests/sinks/test_warehouse_contract.py) run on both, so the two
 cannot drift apart unnoticed.
 """

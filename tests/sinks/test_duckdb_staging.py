@@ -1,5 +1,5 @@
 """The DuckDB sink's staging: a batch becomes the Arrow table of ``stage_events`` column by
-column (pipeline/sinks/duckdb.py, ``stage_events_table``); it must hold exactly the rows a plain
+column (pipeline/sinks/duckdb/, ``stage_events_table``); it must hold exactly the rows a plain
 row-by-row conversion gives, whatever the times (before the epoch, microsecond edges, bounds
 shared by many rows)."""
 
@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.events import LedgerCandidate
-from pipeline.sinks.duckdb import _STAGE_EVENTS_SCHEMA, stage_events_table
+from pipeline.sinks.duckdb.rows import STAGE_EVENTS_SCHEMA, stage_events_table
 from tests.strategies import event_times, events
 
 _candidates = st.builds(
@@ -44,5 +44,5 @@ def test_staged_columns_hold_exactly_the_rows_of_the_batch(
         }
         for candidate in batch
     ]
-    expected = pa.Table.from_pylist(rows, schema=_STAGE_EVENTS_SCHEMA)
+    expected = pa.Table.from_pylist(rows, schema=STAGE_EVENTS_SCHEMA)
     assert stage_events_table(batch).equals(expected)

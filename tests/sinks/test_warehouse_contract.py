@@ -343,7 +343,7 @@ def test_duckdb_judges_a_batch_against_the_ledger_its_insert_met(duckdb_path: st
 @pytest.mark.parametrize("days", [5, 30])
 def test_duckdb_guards_its_restricted_merges_with_primary_keys(duckdb_path: str, days: int) -> None:
     """DuckDB's guarantee: a row outside the restricted range trips the primary key, and the
-    batch is merged again without the restriction (see pipeline/sinks/duckdb.py)."""
+    batch is merged again without the restriction (see pipeline/sinks/duckdb/)."""
     wh = DuckDBWarehouse(duckdb_path)
     wh.create_tables()
     merge(wh, [event("e1", at=T0)])
