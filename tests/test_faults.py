@@ -9,18 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from pipeline import metrics
-from pipeline.sinks.bigquery import BigQueryWarehouse
 from pipeline.sinks.bigquery.appends import STAGED_EVENTS
 from pipeline.sinks.warehouse import WarehouseFactory
 from pipeline.tools.generate import GeneratorConfig, generate, write
 from pipeline.tools.reconcile import Report, Truth, check_invariants, check_truth, fetch_tables
 from tests.faults import FaultPlan, FaultyWarehouseFactory
 from tests.helpers import read_tables, run_lines
-from tests.warehouses import WAREHOUSES, another_run, command_line_warehouse
+from tests.warehouses import WAREHOUSES, another_run, command_line_warehouse, count_rows
 
 # Each warehouse's faults: around a staged append and a merge cycle, and inside the cycle's
 # transaction (DuckDB: its ledger MERGE fails with a conflict; BigQuery: the cycle's script is
@@ -105,19 +103,13 @@ def _cli(files: str, warehouse_url: str, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _staged(url: str, factory: WarehouseFactory) -> int:
+def _staged(factory: WarehouseFactory) -> int:
     """Rows waiting in the warehouse's staging table."""
-    if url.startswith("duckdb:"):
-        with duckdb.connect(url.removeprefix("duckdb:")) as con:
-            (staged,) = con.execute("SELECT count(*) FROM staged_events").fetchone() or (0,)
-        return int(staged)
     warehouse = factory()
-    assert isinstance(warehouse, BigQueryWarehouse)
-    (row,) = warehouse.client.query(
-        f"SELECT COUNT(*) AS n FROM {warehouse._staging_ref(STAGED_EVENTS.name)}"
-    ).result()
-    warehouse.close()
-    return int(row["n"])
+    try:
+        return count_rows(warehouse, STAGED_EVENTS.name, staging=True)
+    finally:
+        warehouse.close()
 
 
 @pytest.mark.parametrize("kind", WAREHOUSES)
@@ -146,7 +138,7 @@ def test_a_batch_run_killed_mid_way_then_run_again_is_exact(
     process.wait()
     assert written == 3, "the run ended before it could be killed mid-way"
     assert read_tables(factory)["transaction_events"] == [], "killed before its merge cycle"
-    assert 0 < _staged(url, factory) < len(lines), "killed mid-way through staging"
+    assert 0 < _staged(factory) < len(lines), "killed mid-way through staging"
 
     again = subprocess.run(
         _cli(files, url), capture_output=True, text=True, check=False, env=environment

@@ -187,3 +187,15 @@ def command_line_warehouse(
         },
         factory,
     )
+
+
+def count_rows(warehouse: Warehouse, table: str, staging: bool = False) -> int:
+    """Rows in one of the warehouse's tables (``staging``: BigQuery's staging dataset), for tests
+    that look at what waits between appends and merge cycles."""
+    if isinstance(warehouse, DuckDBWarehouse):
+        row = warehouse.connection.execute(f"SELECT count(*) FROM {table}").fetchone()
+        return int(row[0]) if row else 0
+    assert isinstance(warehouse, BigQueryWarehouse)
+    ref = warehouse._staging_ref(table) if staging else warehouse.table_ref(table)
+    (row,) = warehouse.client.query(f"SELECT COUNT(*) AS n FROM {ref}").result()
+    return int(row["n"])

@@ -30,7 +30,7 @@ from tests.faults import FaultPlan, FaultyWarehouseFactory, RecordingBigQueryCli
 from tests.helpers import assert_exact
 from tests.production_bigquery import ProductionBigQuery
 from tests.production_bigquery.write_api import MAX_APPEND_REQUEST_BYTES
-from tests.warehouses import EmulatorWarehouse, fresh_bigquery
+from tests.warehouses import EmulatorWarehouse, count_rows, fresh_bigquery
 
 T0 = dt.datetime(2026, 3, 1, 23, 30, tzinfo=dt.UTC)
 
@@ -54,17 +54,12 @@ def factory(production_bigquery: ProductionBigQuery) -> EmulatorWarehouse:
     return made
 
 
-def _count(warehouse: BigQueryWarehouse, table: str) -> int:
-    (row,) = warehouse.client.query(f"SELECT COUNT(*) AS n FROM {table}").result()
-    return int(row["n"])
-
-
 def _staged(warehouse: BigQueryWarehouse) -> int:
-    return _count(warehouse, warehouse._staging_ref(STAGED_EVENTS.name))
+    return count_rows(warehouse, STAGED_EVENTS.name, staging=True)
 
 
 def _pending_conflicts(warehouse: BigQueryWarehouse) -> int:
-    return _count(warehouse, warehouse._staging_ref(STAGED_CONFLICTS.name))
+    return count_rows(warehouse, STAGED_CONFLICTS.name, staging=True)
 
 
 def _faulty(factory: EmulatorWarehouse, tmp_path: Path, fault: str) -> BigQueryWarehouse:
