@@ -108,6 +108,12 @@ TRANSACTIONS = Table(
     clustering=("transaction_id", "account_id"),
 )
 
+# What a ``transactions`` row copies from its newest ledger row, besides its key: the contract's
+# fields marked for it, and the event_id. Both warehouses' SQL and reconcile use this one list.
+TRANSACTION_COPIED = tuple(
+    name for name in TRANSACTIONS.column_names if name not in ("transaction_id", "updated_at")
+)
+
 ACCOUNT_WINDOW_TOTALS = Table(
     name="account_window_totals",
     columns=(

@@ -32,14 +32,13 @@ from pipeline.events import (
     CONTRACT_FIELDS,
     MONEY_CONTEXT,
     NUMERIC_LIMIT,
-    TRANSACTION_FIELDS,
     Event,
     parse_event,
     to_micros,
 )
 from pipeline.sinks.dispatch import open_warehouse
 from pipeline.sinks.warehouse import Warehouse
-from pipeline.tables import DATA_TABLES
+from pipeline.tables import DATA_TABLES, TRANSACTION_COPIED
 
 Row = dict[str, Any]
 _MAX_REPORTED = 20
@@ -58,11 +57,10 @@ def expected_transactions(ledger: Iterable[Row]) -> dict[str, Row]:
             current["event_id"],
         ):
             latest[row["transaction_id"]] = row
-    return {tid: {name: row[name] for name in _IN_TRANSACTIONS} for tid, row in latest.items()}
-
-
-# The columns ``transactions`` copies from its latest event (pipeline/contract.py).
-_IN_TRANSACTIONS = ("transaction_id", *TRANSACTION_FIELDS, "event_id")
+    return {
+        tid: {name: row[name] for name in ("transaction_id", *TRANSACTION_COPIED)}
+        for tid, row in latest.items()
+    }
 
 
 def window_of(event_time: dt.datetime, size_seconds: int) -> tuple[dt.datetime, dt.datetime]:

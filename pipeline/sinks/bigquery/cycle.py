@@ -25,11 +25,10 @@ would do.
 
 from __future__ import annotations
 
-from pipeline.events import CONTRACT_FIELDS, TRANSACTION_FIELDS, VERSION_ORDER_SQL
-from pipeline.tables import TRANSACTION_EVENTS, Column, Table
+from pipeline.events import CONTRACT_FIELDS, VERSION_ORDER_SQL
+from pipeline.tables import TRANSACTION_COPIED, TRANSACTION_EVENTS, Column, Table
 
 _FIELDS = ", ".join(CONTRACT_FIELDS)
-_TRANSACTION_FIELDS = (*TRANSACTION_FIELDS, "event_id")
 
 # The versions a cycle refused, waiting to become dead letters: the refused version, and the
 # version the ledger holds for its event_id (its ``kept_`` columns, all NULL when the ledger holds
@@ -112,7 +111,7 @@ def cycle_script(
     event times (the partitions between; 0 days is not a horizon: leave ``horizon`` false).
     Its result is one row of counts."""
     within = "AND event_time BETWEEN hlo AND hhi" if horizon else ""
-    tx_fields = ", ".join(_TRANSACTION_FIELDS)
+    tx_fields = ", ".join(TRANSACTION_COPIED)
     differs = " OR ".join(
         f"s.{c} IS DISTINCT FROM l.{c}" for c in CONTRACT_FIELDS if c != "event_id"
     )
@@ -177,7 +176,7 @@ WHERE transaction_id IN (SELECT transaction_id FROM newest);
 SET tlo = (SELECT MIN(event_time) FROM existing);
 SET thi = (SELECT MAX(event_time) FROM existing);
 UPDATE {transactions} AS t
-SET {", ".join(f"{f} = s.{f}" for f in _TRANSACTION_FIELDS)}, updated_at = @now
+SET {", ".join(f"{f} = s.{f}" for f in TRANSACTION_COPIED)}, updated_at = @now
 FROM newest AS s
 WHERE t.transaction_id = s.transaction_id AND t.event_time BETWEEN tlo AND thi
   AND {_newer("s", "t")};

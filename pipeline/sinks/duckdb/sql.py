@@ -11,7 +11,6 @@ import re
 from typing import Any
 
 from pipeline.events import (
-    TRANSACTION_FIELDS,
     VERSION_ORDER_SQL,
 )
 from pipeline.sinks.duckdb.rows import (
@@ -27,6 +26,7 @@ from pipeline.tables import (
     ACCOUNT_WINDOW_TOTALS,
     DEAD_LETTERS,
     INGEST_CHECKPOINTS,
+    TRANSACTION_COPIED,
     TRANSACTION_EVENTS,
     TRANSACTIONS,
     Column,
@@ -158,7 +158,6 @@ def conflicts_sql(restricted: bool, outside: bool) -> str:
 # without the upsert such a batch would be merged again unrestricted, every statement scanning
 # its table whole (measured: BENCHMARKS.md, section 2).
 TRANSACTION_LOOKBACK = dt.timedelta(days=1)
-TRANSACTION_COLUMNS = (*TRANSACTION_FIELDS, "event_id")
 
 
 def newer(source: str) -> str:
@@ -172,7 +171,7 @@ def newer(source: str) -> str:
 
 def newest_per_transaction_sql(restricted: bool) -> str:
     return f"""
-        SELECT transaction_id, {", ".join(TRANSACTION_COLUMNS)} FROM {TRANSACTION_EVENTS.name}
+        SELECT transaction_id, {", ".join(TRANSACTION_COPIED)} FROM {TRANSACTION_EVENTS.name}
         WHERE event_id IN (SELECT event_id FROM stage_events)
         {time_range(restricted, "event_time", "$lo", "$hi")}
         QUALIFY row_number() OVER (
@@ -181,7 +180,7 @@ def newest_per_transaction_sql(restricted: bool) -> str:
 
 
 def transactions_merge_sql(restricted: bool) -> str:
-    fields = TRANSACTION_COLUMNS
+    fields = TRANSACTION_COPIED
     return f"""
         MERGE INTO {TRANSACTIONS.name} AS t
         USING ({newest_per_transaction_sql(restricted)}) AS s
@@ -195,7 +194,7 @@ def transactions_merge_sql(restricted: bool) -> str:
 
 
 def transactions_upsert_sql(restricted: bool) -> str:
-    fields = TRANSACTION_COLUMNS
+    fields = TRANSACTION_COPIED
     return f"""
         INSERT INTO {TRANSACTIONS.name} AS t (transaction_id, {", ".join(fields)}, updated_at)
         SELECT *, $now AS updated_at FROM ({newest_per_transaction_sql(restricted)})
