@@ -173,8 +173,9 @@ def test_a_lost_reply_re_attaches_to_the_job_in_its_location(
     which: str, how: str, production_bigquery: ProductionBigQuery
 ) -> None:
     """The call is carried out and its reply lost: the warehouse asks again, finds the job in its
-    location, and every row lands once. A stalled reply never answers within the test: only the
-    warehouse's request timeout gets past it."""
+    location, and every row lands once. A stalled reply never answers within the test: only a
+    request timeout gets past it (the warehouse's; for a results poll the client library's floor
+    of 120 s, docs/BIGQUERY.md)."""
     factory = fresh_bigquery(production_bigquery)
     warehouse = BigQueryWarehouse(
         P, factory.dataset, client_factory=EmulatorClient(factory.endpoint),
