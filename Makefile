@@ -74,7 +74,7 @@ bq-emulator-probe: install bq-emulator
 contract: install
 	$(PY) -m pipeline.tools.schemas
 
-# Benchmarks (not part of make test): about 50 minutes on a 2-core machine (BENCHMARKS.md);
+# Benchmarks (not part of make test): about 45 minutes on a 2-core machine (BENCHMARKS.md);
 # BENCH_ARGS=--quick runs the same shape at a tenth of the sizes. Results:
 # build/bench/results.json, BENCHMARKS.md.
 bench: install bq-emulator
@@ -90,13 +90,16 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 # Two workers: the suite waits mostly on emulators and the DirectRunner, one process each.
+# Four workers on two cores: most of the suite waits (on the emulators, subprocesses, idle timers
+# of streaming runs), so twice as many workers as cores finish it sooner; worksteal keeps the long
+# tests from ending up on one worker. The times: BENCHMARKS.md, Results.
 test: lint bq-emulator tf-tools
-	$(PY) -m pytest -n 2
+	$(PY) -m pytest -n 4 --dist worksteal
 
 # The inner loop: lint and the tests that need no service and are not long proofs (unit,
 # contract, DuckDB end to end). make test is what CI runs.
 test-fast: lint tf-tools
-	$(PY) -m pytest -n 2 -m "not service and not slow"
+	$(PY) -m pytest -n 4 --dist worksteal -m "not service and not slow"
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,7 @@ from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.metrics.metricbase import Counter
 from apache_beam.runners.runner import PipelineResult
 
-from pipeline.progress import ProgressHandle
+from pipeline import progress
 from pipeline.sinks.warehouse import MergeOutcome
 
 NAMESPACE = "effectively_once"
@@ -60,8 +60,7 @@ class OutcomeCounters:
     when the run has one (the streaming DirectRunner's own counters are unreliable; see
     pipeline/progress.py)."""
 
-    def __init__(self, progress: ProgressHandle | None = None) -> None:
-        self._progress = progress
+    def __init__(self) -> None:
         self._counters: dict[str, Counter] = {}
 
     def inc(self, name: str, value: int = 1) -> None:
@@ -70,7 +69,7 @@ class OutcomeCounters:
         if name not in self._counters:
             self._counters[name] = counter(name)
         self._counters[name].inc(value)
-        run = self._progress.get() if self._progress is not None else None
+        run = progress.observed()
         if run is not None:
             run.count(name, value)
 

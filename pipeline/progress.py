@@ -24,8 +24,10 @@ only after the last merge, and an idle clock that counted arrivals alone would a
 out by then.
 
 On Dataflow none of this runs: Dataflow acknowledges only after a durable commit, and replay is an
-operator's seek (see docs/OPERATE.md, Replay and recovery). The registry is process-local by
-design; a handle whose run is not registered in this process is inert.
+operator's seek (see docs/OPERATE.md, Replay and recovery). The observer is wired in once, by
+run.py (``observing``), not passed to the steps: the few places that report to it (the source
+noting arrivals, dedup settling dropped copies, the sinks settling commits, the outcome
+counters) look the observed run up (``observed``), and find none on Dataflow workers.
 
 The same per-run object keeps a tally of the pipeline's counters, because the streaming
 DirectRunner of Beam 2.77 loses Beam counter updates after the first bundle of each step and
@@ -34,13 +36,12 @@ thread (its StateSampler caches the first bundle's MetricsContainer in ``scoped_
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 
 
 class RunProgress:
@@ -111,29 +112,29 @@ class RunProgress:
             closer()
 
 
-_RUNS: dict[str, RunProgress] = {}
-_RUNS_LOCK = threading.Lock()
+# The run this process observes. The DirectRunner runs the whole pipeline in the process that
+# launched it, so the steps find the run here, without it being passed to each of them.
+_OBSERVED: RunProgress | None = None
+_OBSERVED_LOCK = threading.Lock()
 
 
-@dataclass(frozen=True)
-class ProgressHandle:
-    """Picklable reference from DoFns to their run's progress; inert outside the process that
-    registered it (for example on Dataflow workers)."""
-
-    token: str
-
-    def get(self) -> RunProgress | None:
-        return _RUNS.get(self.token)
+def observed() -> RunProgress | None:
+    """The run this process observes: set by run.py around a local streaming run; None on
+    Dataflow workers and in every other run, where the steps then report nothing."""
+    return _OBSERVED
 
 
-def register_run() -> tuple[ProgressHandle, RunProgress]:
-    progress = RunProgress()
-    handle = ProgressHandle(uuid.uuid4().hex)
-    with _RUNS_LOCK:
-        _RUNS[handle.token] = progress
-    return handle, progress
-
-
-def unregister_run(handle: ProgressHandle) -> None:
-    with _RUNS_LOCK:
-        _RUNS.pop(handle.token, None)
+@contextlib.contextmanager
+def observing(progress: RunProgress | None = None) -> Iterator[RunProgress]:
+    """Observe one run in this process while the block runs (one at a time)."""
+    global _OBSERVED  # noqa: PLW0603  # the process's one observed run, by design (above)
+    run = progress or RunProgress()
+    with _OBSERVED_LOCK:
+        if _OBSERVED is not None:
+            raise RuntimeError("this process already observes a run")
+        _OBSERVED = run
+    try:
+        yield run
+    finally:
+        with _OBSERVED_LOCK:
+            _OBSERVED = None

@@ -29,7 +29,7 @@ from pipeline.options import (
     is_streaming_input,
     validate,
 )
-from pipeline.progress import ProgressHandle, RunProgress, register_run, unregister_run
+from pipeline.progress import RunProgress, observing
 from pipeline.sinks.dispatch import open_warehouse, warehouse_factory
 from pipeline.sinks.upsert import (
     Checkpointing,
@@ -76,11 +76,12 @@ def build_pipeline(
     options: PipelineOptions,
     warehouse: WarehouseFactory | None = None,
     records: beam.PCollection | None = None,
-    progress: ProgressHandle | None = None,
+    checkpoints: bool = False,
 ) -> PipelineOutputs:
     """Add the whole job to ``pipeline``. ``warehouse`` and ``records`` are seams for tests: a
     factory of a (fault-injecting) warehouse, and input in place of the configured source.
-    ``progress`` tracks replay checkpoints of a subscription on the DirectRunner."""
+    ``checkpoints``: the sinks record the observed run's progress and replay checkpoints of the
+    subscription (a streaming run on the DirectRunner: pipeline/progress.py)."""
     opts = options.view_as(EffectivelyOnceOptions)
     factory = warehouse or warehouse_factory(opts.warehouse, bigquery_settings(options))
     if records is None:
@@ -91,18 +92,15 @@ def build_pipeline(
                 subscription=opts.input_subscription,
                 topic=opts.input_topic,
                 timestamp_attribute=opts.timestamp_attribute,
-                progress=progress,
             )
-    parsed = records | "ParseEvents" >> ParseEvents(progress)
+    parsed = records | "ParseEvents" >> ParseEvents()
     verdicts = parsed["events"] | "DedupByEventId" >> DedupByEventId(
-        opts.dedup_ttl_seconds, opts.dedup_strategy, progress
+        opts.dedup_ttl_seconds, opts.dedup_strategy
     )
     candidates = verdicts | "AssignWindows" >> AssignEventTimeWindows(opts.window_size_seconds)
     checkpointing = None
-    if progress is not None:
-        checkpointing = Checkpointing(
-            opts.input_subscription or None, progress, opts.replay_margin_seconds
-        )
+    if checkpoints:
+        checkpointing = Checkpointing(opts.input_subscription or None, opts.replay_margin_seconds)
     sink_args = {
         "max_batch_rows": opts.max_batch_rows,
         "flush_seconds": opts.batch_flush_seconds,
@@ -220,10 +218,9 @@ def _run_streaming(options: PipelineOptions) -> metrics.RunSummary:
     direct = _is_direct(options)
     if opts.input_subscription and not opts.no_replay and direct:
         replay_from_checkpoint(options)
-    handle, progress = register_run()
-    try:
+    with observing() as progress:  # the local run's observer (pipeline/progress.py)
         pipeline = beam.Pipeline(options=options)
-        build_pipeline(pipeline, options, progress=handle if direct else None)
+        build_pipeline(pipeline, options, checkpoints=direct)
         result = pipeline.run()
         if not direct:
             return metrics.RunSummary({})  # a streaming job was submitted; it runs on its own
@@ -239,8 +236,6 @@ def _run_streaming(options: PipelineOptions) -> metrics.RunSummary:
         else:
             result.wait_until_finish()
         return metrics.RunSummary(progress.tally())
-    finally:
-        unregister_run(handle)
 
 
 def run(argv: Sequence[str] | None = None) -> metrics.RunSummary:

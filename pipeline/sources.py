@@ -11,7 +11,7 @@ import apache_beam as beam
 from apache_beam.coders import BytesCoder
 from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub
 
-from pipeline.progress import ProgressHandle
+from pipeline import progress
 
 
 class ReadEventFiles(beam.PTransform):
@@ -30,13 +30,11 @@ class ReadEventFiles(beam.PTransform):
 
 
 class NoteArrivalFn(beam.DoFn):
-    """Registers each pulled message's publish time with the run's progress (replay tracking)."""
-
-    def __init__(self, progress: ProgressHandle | None) -> None:
-        self._progress = progress
+    """Registers each pulled message's publish time with the observed run (replay tracking,
+    pipeline/progress.py); passes messages through untouched where no run is observed."""
 
     def process(self, message: PubsubMessage) -> Iterator[PubsubMessage]:
-        run = self._progress.get() if self._progress is not None else None
+        run = progress.observed()
         if run is not None and message.publish_time is not None:
             run.pulled(message.publish_time.astimezone(dt.UTC))
         yield message
@@ -56,7 +54,6 @@ class ReadPubSubMessages(beam.PTransform):
         subscription: str | None = None,
         topic: str | None = None,
         timestamp_attribute: str | None = None,
-        progress: ProgressHandle | None = None,
     ) -> None:
         super().__init__()
         if bool(subscription) == bool(topic):
@@ -64,7 +61,6 @@ class ReadPubSubMessages(beam.PTransform):
         self._subscription = subscription
         self._topic = topic
         self._timestamp_attribute = timestamp_attribute or None
-        self._progress = progress
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         return (
@@ -76,7 +72,7 @@ class ReadPubSubMessages(beam.PTransform):
                 with_attributes=True,
                 timestamp_attribute=self._timestamp_attribute,
             )
-            | "NoteArrival" >> beam.ParDo(NoteArrivalFn(self._progress))
+            | "NoteArrival" >> beam.ParDo(NoteArrivalFn())
         )
 
 

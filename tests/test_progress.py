@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pipeline.progress import RunProgress
+import pytest
+
+from pipeline.progress import RunProgress, observed, observing
 
 T0 = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 
@@ -54,3 +56,15 @@ def test_the_idle_clock_restarts_on_arrivals_and_on_commits() -> None:
     assert progress.idle_seconds() == 0
     clock.now += 2.5
     assert progress.idle_seconds() == 2.5
+
+
+def test_a_process_observes_one_run_at_a_time_and_none_outside_it() -> None:
+    """run.py wires the observer in once (pipeline/progress.py); steps look it up, and find none
+    where no local run is observed (a batch run, a Dataflow worker)."""
+    assert observed() is None
+    with observing() as run:
+        assert observed() is run
+        with pytest.raises(RuntimeError, match="already observes"), observing():
+            pass
+        assert observed() is run
+    assert observed() is None

@@ -25,7 +25,7 @@ from apache_beam.transforms.window import TimestampedValue
 
 from pipeline import metrics
 from pipeline.events import Event, EventCoder
-from pipeline.progress import RunProgress, register_run, unregister_run
+from pipeline.progress import RunProgress, observing
 from pipeline.transforms.dedup import DedupByEventId
 from tests.helpers import utc
 
@@ -82,22 +82,21 @@ def _event(i: int) -> Event:
 def run_soak(events: int, chunk: int, mode: str = "dedup") -> Samples:
     """``mode``: dedup (TTL as configured), no-expiry (TTL far beyond the run: the control),
     passthrough (the same stream, no dedup: what the runner itself costs)."""
-    handle, progress = register_run()
     samples, stop = Samples(), threading.Event()
-    sampler = threading.Thread(target=_sample, args=(progress, samples, stop), daemon=True)
-    try:
-        pipeline = beam.Pipeline(options=PipelineOptions(["--streaming"]))
-        events_in = pipeline | stream(events, chunk)
-        if mode != "passthrough":
-            ttl = TTL_SECONDS if mode == "dedup" else 10**9
-            events_in = events_in | DedupByEventId(ttl, strategy="stateful", progress=handle)
-        _ = events_in | beam.Map(lambda _: None)
-        sampler.start()
-        pipeline.run().wait_until_finish()
-    finally:
-        stop.set()
-        sampler.join()
-        unregister_run(handle)
+    with observing() as progress:  # the tally of the dedup's counters (pipeline/progress.py)
+        sampler = threading.Thread(target=_sample, args=(progress, samples, stop), daemon=True)
+        try:
+            pipeline = beam.Pipeline(options=PipelineOptions(["--streaming"]))
+            events_in = pipeline | stream(events, chunk)
+            if mode != "passthrough":
+                ttl = TTL_SECONDS if mode == "dedup" else 10**9
+                events_in = events_in | DedupByEventId(ttl, strategy="stateful")
+            _ = events_in | beam.Map(lambda _: None)
+            sampler.start()
+            pipeline.run().wait_until_finish()
+        finally:
+            stop.set()
+            sampler.join()
     samples.seen.append(progress.tally().get(metrics.DEDUP_STATE_CREATED, 0))
     samples.rss_mb.append(_rss_mb())
     return samples

@@ -37,10 +37,9 @@ import apache_beam as beam
 from apache_beam.transforms import trigger, window
 from apache_beam.utils import retry
 
-from pipeline import metrics
+from pipeline import metrics, progress
 from pipeline.dead_letters import DeadLetter
 from pipeline.events import LedgerCandidate
-from pipeline.progress import ProgressHandle
 from pipeline.sinks.warehouse import MergeOutcome, Warehouse, WarehouseFactory
 
 _LOG = logging.getLogger(__name__)
@@ -111,13 +110,13 @@ def _chunks(
 
 @dataclass(frozen=True)
 class Checkpointing:
-    """Where and how a sink records its progress: each committed batch settles its rows in the
-    run's progress; with a ``source`` the replay checkpoint of that subscription is written too.
-    ``source=None`` (reading a topic through a temporary subscription): nothing can be replayed,
-    so only the progress is kept (it tells a local run when everything pulled is merged)."""
+    """Where and how a sink records its progress in the observed run (pipeline/progress.py):
+    each committed batch settles its rows there; with a ``source`` the replay checkpoint of that
+    subscription is written too. ``source=None`` (reading a topic through a temporary
+    subscription): nothing can be replayed, so only the progress is kept (it tells a local run
+    when everything pulled is merged)."""
 
     source: str | None  # e.g. projects/P/subscriptions/S
-    progress: ProgressHandle
     margin_seconds: float = 60.0
 
 
@@ -138,12 +137,12 @@ class _WarehouseDoFn(beam.DoFn):
         self._initial_delay = initial_delay_seconds
         self._checkpointing = checkpointing
         self._warehouse: Warehouse | None = None
-        self._counters = metrics.OutcomeCounters(checkpointing.progress if checkpointing else None)
+        self._counters = metrics.OutcomeCounters()
 
     def _settle(self, source_times: Iterable[dt.datetime | None]) -> None:
         """After a commit: these rows are safe; record how far the source is committed."""
         spec = self._checkpointing
-        run = spec.progress.get() if spec is not None else None
+        run = progress.observed() if spec is not None else None
         if spec is None or run is None:
             return
         run.settled(source_times)
@@ -163,7 +162,7 @@ class _WarehouseDoFn(beam.DoFn):
     def setup(self) -> None:
         self._warehouse = self._factory()
         self._with_retries(self._warehouse.create_tables)
-        run = self._checkpointing.progress.get() if self._checkpointing else None
+        run = progress.observed() if self._checkpointing else None
         if run is not None:
             run.on_close(self.teardown)  # a cancelled local run closes its warehouse too
 

@@ -45,9 +45,8 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipeline import metrics
+from pipeline import metrics, progress
 from pipeline.events import Event, EventCoder, to_micros, version_order
-from pipeline.progress import ProgressHandle
 from pipeline.transforms.windows import in_global_window
 
 STRATEGIES = ("auto", "stateful", "grouped")
@@ -66,9 +65,7 @@ class StatefulFirstVersionFn(beam.DoFn):
     VERSIONS = BagStateSpec("versions", EventCoder())
     EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
 
-    def __init__(
-        self, ttl_seconds: float, max_versions: int = 8, progress: ProgressHandle | None = None
-    ) -> None:
+    def __init__(self, ttl_seconds: float, max_versions: int = 8) -> None:
         if ttl_seconds <= 0:
             raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds}")
         if max_versions < 1:
@@ -77,8 +74,7 @@ class StatefulFirstVersionFn(beam.DoFn):
         # Versions kept per key. Conflicts are rare; past this bound further versions are still
         # passed on (the warehouse dead-letters them), only their copies are no longer dropped here.
         self._max_versions = max_versions
-        self._progress = progress
-        self._counters = metrics.OutcomeCounters(progress)
+        self._counters = metrics.OutcomeCounters()
 
     def process(
         self,
@@ -97,7 +93,7 @@ class StatefulFirstVersionFn(beam.DoFn):
         elif event in seen:
             self._counters.inc(metrics.DUPLICATES_PIPELINE)
             # Nothing downstream will settle this copy; its twin holds the replay checkpoint.
-            run = self._progress.get() if self._progress is not None else None
+            run = progress.observed()
             if run is not None:
                 run.settled([source_time.to_utc_datetime(has_tz=True)])
         else:
@@ -118,8 +114,8 @@ class StatefulFirstVersionFn(beam.DoFn):
 class ChooseVersionFn(beam.DoFn):
     """(event_id, all its versions) -> the primary version plus each other distinct version."""
 
-    def __init__(self, progress: ProgressHandle | None = None) -> None:
-        self._counters = metrics.OutcomeCounters(progress)
+    def __init__(self) -> None:
+        self._counters = metrics.OutcomeCounters()
 
     def process(self, element: tuple[str, Iterable[Event]]) -> Iterator[WindowedValue]:
         _, versions = element
@@ -154,9 +150,7 @@ class DedupByEventId(beam.PTransform):
     later is caught by the warehouse MERGE instead.
     """
 
-    def __init__(
-        self, ttl_seconds: float, strategy: str = "auto", progress: ProgressHandle | None = None
-    ) -> None:
+    def __init__(self, ttl_seconds: float, strategy: str = "auto") -> None:
         super().__init__()
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -164,7 +158,6 @@ class DedupByEventId(beam.PTransform):
             raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds}")
         self._ttl_seconds = ttl_seconds
         self._strategy = strategy
-        self._progress = progress
 
     def expand(self, events: beam.PCollection) -> beam.PCollection:
         if not events.windowing.is_default():
@@ -180,11 +173,10 @@ class DedupByEventId(beam.PTransform):
         if stateful:
             # The key coder must be deterministic for state: declare str keys explicitly.
             return keyed | "FirstVersionPerEventId" >> beam.ParDo(
-                StatefulFirstVersionFn(self._ttl_seconds, progress=self._progress)
+                StatefulFirstVersionFn(self._ttl_seconds)
             ).with_input_types(tuple[str, Event]).with_output_types(tuple[Event, bool])
         return (
             keyed
             | "GroupVersionsByEventId" >> beam.GroupByKey()
-            | "ChooseVersion"
-            >> beam.ParDo(ChooseVersionFn(self._progress)).with_output_types(tuple[Event, bool])
+            | "ChooseVersion" >> beam.ParDo(ChooseVersionFn()).with_output_types(tuple[Event, bool])
         )

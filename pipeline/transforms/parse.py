@@ -34,7 +34,6 @@ from pipeline.events import (
     parse_event,
     to_micros,
 )
-from pipeline.progress import ProgressHandle
 from pipeline.transforms.windows import in_global_window
 
 _LOG = logging.getLogger(__name__)
@@ -57,8 +56,8 @@ def peek_event_id(payload: bytes) -> str | None:
 class ParseEventFn(beam.DoFn):
     """bytes or PubsubMessage -> timestamped Event | dead letter."""
 
-    def __init__(self, progress: ProgressHandle | None = None, global_input: bool = False) -> None:
-        self._counters = metrics.OutcomeCounters(progress)
+    def __init__(self, global_input: bool = False) -> None:
+        self._counters = metrics.OutcomeCounters()
         self._global_input = global_input  # input in the global window (as sources deliver)
 
     def process(self, record: Record) -> Iterator[TimestampedValue | WindowedValue | TaggedOutput]:
@@ -130,12 +129,8 @@ class ParseEvents(beam.PTransform):
     Stateless and order-preserving per bundle; windows of the input are kept.
     """
 
-    def __init__(self, progress: ProgressHandle | None = None) -> None:
-        super().__init__()
-        self._progress = progress
-
     def expand(self, records: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        fn = ParseEventFn(self._progress, isinstance(records.windowing.windowfn, GlobalWindows))
+        fn = ParseEventFn(isinstance(records.windowing.windowfn, GlobalWindows))
         return records | "ValidateContract" >> beam.ParDo(fn).with_output_types(Event).with_outputs(
             DEAD_LETTER_TAG, main="events"
         )
