@@ -73,6 +73,11 @@ class OutcomeCounters:
         if run is not None:
             run.count(name, value)
 
+    def count_outcome(self, outcome: MergeOutcome) -> None:
+        """A merge's outcome, counter by counter (``outcome_counts``)."""
+        for name, value in outcome_counts(outcome).items():
+            self.inc(name, value)
+
 
 def read_counters(result: PipelineResult) -> dict[str, int]:
     """Committed counter values where the runner reports them, attempted ones otherwise."""

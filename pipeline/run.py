@@ -229,10 +229,9 @@ def _run_streaming(options: PipelineOptions) -> metrics.RunSummary:
             _wait_until_idle(result, progress, opts.exit_when_idle_seconds, not_before)
             result.cancel()
             progress.close_all()  # everything pulled is staged or merged: close the warehouses
-            last = merge_what_is_staged(options)
-            for name, value in metrics.outcome_counts(last).items():
-                progress.count(name, value)
-            progress.count(metrics.MERGE_CYCLES)
+            counters = metrics.OutcomeCounters()  # counted into the observed run's tally
+            counters.count_outcome(merge_what_is_staged(options))
+            counters.inc(metrics.MERGE_CYCLES)
         else:
             result.wait_until_finish()
         return metrics.RunSummary(progress.tally())

@@ -171,10 +171,6 @@ class _WarehouseDoFn(beam.DoFn):
             self._warehouse.close()
             self._warehouse = None
 
-    def _count_outcome(self, outcome: MergeOutcome) -> None:
-        for name, value in metrics.outcome_counts(outcome).items():
-            self._counters.inc(name, value)
-
     def _with_retries(self, call: Callable[[], T]) -> T:
         warehouse = self._writer()
 
@@ -212,7 +208,7 @@ class MergeCycleFn(_WarehouseDoFn):
     def process(self, staged: int) -> Iterator[MergeOutcome]:
         warehouse = self._writer()
         outcome = self._with_retries(warehouse.merge_staged)
-        self._count_outcome(outcome)
+        self._counters.count_outcome(outcome)
         self._counters.inc(metrics.MERGE_CYCLES)
         _LOG.info(
             "Merged a cycle (%d rows staged for it): %d inserted, %d duplicates, %d conflicts",

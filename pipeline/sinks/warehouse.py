@@ -58,12 +58,16 @@ class Warehouse(abc.ABC):
     def create_tables(self) -> None:
         """Create the tables if they do not exist; safe to call concurrently and repeatedly."""
 
-    @abc.abstractmethod
     def merge_events(self, batch: Sequence[LedgerCandidate]) -> MergeOutcome:
-        """Stage the batch and MERGE it into transaction_events, transactions and
-        account_window_totals (and conflict rows into dead_letters), atomically where the
-        warehouse allows. Running it again with the same batch changes nothing. (The pipeline
-        stages and merges in cycles; this merges one batch at once, for tools and tests.)"""
+        """Merge one batch into transaction_events, transactions and account_window_totals (and
+        conflict rows into dead_letters); running it again with the same batch changes nothing.
+        For tools and tests: the pipeline stages and merges in cycles. By default the batch is
+        staged and one merge cycle runs, the pipeline's own path (it also merges whatever else
+        staging holds, which a tool or test running alone does not have)."""
+        if not batch:
+            return MergeOutcome()
+        self.stage_events(batch)
+        return self.merge_staged()
 
     @abc.abstractmethod
     def stage_events(self, batch: Sequence[LedgerCandidate]) -> None:

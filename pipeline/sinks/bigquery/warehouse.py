@@ -450,16 +450,6 @@ class BigQueryWarehouse(Warehouse):
 
     # --- events -------------------------------------------------------------------------------
 
-    def merge_events(self, batch: Sequence[LedgerCandidate]) -> MergeOutcome:
-        """Stage the batch and run one merge cycle: the batch merged as the pipeline merges
-        (with whatever else staging holds, which a tool or test running alone does not have)."""
-        if not batch:
-            return MergeOutcome()
-        self.stage_events(batch)
-        return self.merge_staged()
-
-    # --- requests ---------------------------------------------------------------------------
-
     # --- dead letters -----------------------------------------------------------------------
 
     def merge_dead_letters(self, rows: Sequence[DeadLetter]) -> int:
