@@ -334,7 +334,22 @@ class ProductionBigQuery:
             kind, name = ("Table", f"{project}:{ids['d']}.{ids['t']}") if "t" in ids else (
                 "Dataset", f"{project}:{ids['d']}")  # fmt: skip
             return _denied(kind, name, permission)
+        if operation in ("tables.patch", "tables.update") and self.write_api is not None:
+            return self._change_schema(request, (project, ids["d"], ids["t"]))
         return self._forward(request)
+
+    def _change_schema(self, request: Request, table: TableId) -> Reply:
+        """A schema update, which the write API sees only later (write_api.py): it is told the
+        columns the table had before."""
+        assert self.write_api is not None
+        before = self._forward(Request("GET", request.path, {}, {}, b""))
+        reply = self._forward(request)
+        if reply.status == 200 and before.status == 200:
+            columns = {
+                f["name"] for f in json.loads(before.body).get("schema", {}).get("fields", [])
+            }
+            self.write_api.schema_changed(table, frozenset(columns))
+        return reply
 
     # --- jobs -------------------------------------------------------------------------------
 

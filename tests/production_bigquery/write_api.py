@@ -1,8 +1,12 @@
 """The Storage Write API as in production, in front of the emulator's: a gRPC proxy that refuses
-an ``AppendRows`` request over 10 MB (https://cloud.google.com/bigquery/quotas#write-api-limits)
-and an append to a table of a dataset where the caller lacks ``bigquery.tables.updateData``
+an ``AppendRows`` request over 10 MB (https://cloud.google.com/bigquery/quotas#write-api-limits),
+an append to a table of a dataset where the caller lacks ``bigquery.tables.updateData``
 (https://cloud.google.com/bigquery/docs/write-api#required_permissions), with the grants of the
-REST proxy (proxy.py). The warehouse reaches it as it reaches the emulator, through
+REST proxy (proxy.py), and, for ``schema_lag_seconds`` after a table's schema changed, an append
+naming a column added by the change: the write API sees a new column "in order of minutes"
+(the client libraries' schema-update support, e.g. Java's SchemaAwareStreamWriter) and answers
+INVALID_ARGUMENT "Input schema has more fields than BigQuery schema" until then. The warehouse
+reaches it as it reaches the emulator, through
 ``BIGQUERY_STORAGE_EMULATOR_HOST`` or ``emulator_write_client``.
 
 Requests and replies pass as bytes; only the requests are decoded, to be checked. A call's
@@ -13,6 +17,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
+import threading
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -46,6 +52,27 @@ class WriteApiRules:
         self._server.add_generic_rpc_handlers((handler,))
         self.address = f"127.0.0.1:{self._server.add_insecure_port('127.0.0.1:0')}"
         self.refused = 0  # calls refused by a rule
+        # How long after a schema change the write API still sees the table's old columns. A
+        # test that adds columns sets it; production's is minutes.
+        self.schema_lag_seconds = 0.0
+        self.refused_unseen_columns = 0  # calls refused because a new column was not seen yet
+        self._lock = threading.Lock()
+        self._changed: dict[tuple[str, str, str], tuple[float, frozenset[str]]] = {}
+
+    def schema_changed(self, table: tuple[str, str, str], columns_before: frozenset[str]) -> None:
+        """``table``'s schema changed now; until the lag is over, appends see ``columns_before``."""
+        with self._lock:
+            self._changed[table] = (time.monotonic(), columns_before)
+
+    def _unseen_columns(
+        self, table: tuple[str, str, str], request: types.AppendRowsRequest
+    ) -> list[str]:
+        with self._lock:
+            changed = self._changed.get(table)
+        if changed is None or time.monotonic() >= changed[0] + self.schema_lag_seconds:
+            return []
+        fields = request.proto_rows.writer_schema.proto_descriptor.field
+        return [f.name for f in fields if f.name not in changed[1]]
 
     def start(self) -> None:
         self._server.start()
@@ -70,8 +97,8 @@ class WriteApiRules:
                 f"AppendRows request too large: {len(raw)} bytes, the limit is"
                 f" {MAX_APPEND_REQUEST_BYTES}",
             )
-        stream = types.AppendRowsRequest.deserialize(raw).write_stream
-        match = _STREAM.fullmatch(stream)
+        request = types.AppendRowsRequest.deserialize(raw)
+        match = _STREAM.fullmatch(request.write_stream)
         if match is None:
             return None  # a later request of a call may omit the stream
         project, dataset, table = match["p"], match["d"], match["t"]
@@ -80,5 +107,13 @@ class WriteApiRules:
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"Permission 'bigquery.tables.updateData' denied on table"
                 f" {project}:{dataset}.{table}",
+            )
+        unseen = self._unseen_columns((project, dataset, table), request)
+        if unseen:
+            self.refused_unseen_columns += 1
+            return (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "Input schema has more fields than BigQuery schema, extra fields:"
+                f" {', '.join(repr(name) for name in unseen)} Entity: {request.write_stream}",
             )
         return None
