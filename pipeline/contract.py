@@ -55,19 +55,19 @@ class Event(NamedTuple):
 
     # --- nothing below needs editing: the methods read the fields above --------------------------
 
+    def json_fields(self) -> dict[str, object]:
+        """The canonical JSON value of each field. An optional field without a value is left
+        out, so an event from before the field was added keeps its text."""
+        return {
+            f.name: f.kind.to_json(value)
+            for f, value in zip(FIELDS, self, strict=True)
+            if value is not None
+        }
+
     def to_json(self) -> str:
         """Canonical JSON: equal events give equal text (the identity of a version in dead
-        letters). An optional field without a value is left out, so an event from before the
-        field was added keeps its text."""
-        return json.dumps(
-            {
-                f.name: f.kind.to_json(value)
-                for f, value in zip(FIELDS, self, strict=True)
-                if value is not None
-            },
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
+        letters)."""
+        return json.dumps(self.json_fields(), ensure_ascii=False, separators=(",", ":"))
 
     def differing_fields(self, other: Event) -> list[str]:
         """Names of the contract fields in which two versions of an event differ."""

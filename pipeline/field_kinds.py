@@ -219,7 +219,7 @@ class Text(Kind):
             if unicodedata.category(char) == "Cs":
                 raise ContractViolation(name, "contains an unpaired surrogate (not valid Unicode)")
             raise ContractViolation(name, f"contains the control character U+{ord(char):04X}")
-        if self.pattern is not None and not _compiled(self.pattern).fullmatch(value):
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
             raise ContractViolation(name, f"{clip(value)!r} does not match {self.pattern}")
         return value
 
@@ -228,16 +228,6 @@ class Text(Kind):
             return rng.choice(self.examples)
         length = rng.randint(max(self.min_length, 1), min(self.max_length, 24))
         return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(length))
-
-
-_PATTERNS: dict[str, re.Pattern[str]] = {}
-
-
-def _compiled(pattern: str) -> re.Pattern[str]:
-    compiled = _PATTERNS.get(pattern)
-    if compiled is None:
-        compiled = _PATTERNS[pattern] = re.compile(pattern)
-    return compiled
 
 
 @dataclass(frozen=True)

@@ -74,10 +74,13 @@ def contract_column(field: Field) -> Column:
     return Column(field.name, field.kind.column_type, field.required, field.kind.description)
 
 
+# The contract's fields as columns, in its order: the ledger's, and every staging table's.
+CONTRACT_COLUMNS = tuple(contract_column(f) for f in FIELDS)
+
 TRANSACTION_EVENTS = Table(
     name="transaction_events",
     columns=(
-        *(contract_column(f) for f in FIELDS),
+        *CONTRACT_COLUMNS,
         _ts("ingested_at", "When the row was first merged, UTC."),
     ),
     key=("event_id",),

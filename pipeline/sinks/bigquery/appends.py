@@ -27,7 +27,7 @@ from google.cloud.bigquery_storage_v1 import BigQueryWriteClient, types
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from pipeline.events import CONTRACT_FIELDS, LedgerCandidate, format_amount, to_micros
-from pipeline.tables import TRANSACTION_EVENTS, Column, Table
+from pipeline.tables import CONTRACT_COLUMNS, Column, Table
 
 # The staged rows: the event, the dedup step's verdict and window, and where the row came from.
 # ``stage_id`` is unique per appended row, so a cycle deletes exactly the rows it merged;
@@ -35,7 +35,7 @@ from pipeline.tables import TRANSACTION_EVENTS, Column, Table
 STAGED_EVENTS = Table(
     name="staged_events",
     columns=(
-        *(c for c in TRANSACTION_EVENTS.columns if c.name in CONTRACT_FIELDS),
+        *CONTRACT_COLUMNS,
         Column("is_primary", "BOOL", True, "The dedup step chose this version for its event_id."),
         Column("window_start", "TIMESTAMP", True, "Start of the event's totals window, UTC."),
         Column("window_end", "TIMESTAMP", True, "End of the event's totals window, UTC."),

@@ -26,23 +26,22 @@ would do.
 from __future__ import annotations
 
 from pipeline.events import CONTRACT_FIELDS, VERSION_ORDER_SQL
-from pipeline.tables import TRANSACTION_COPIED, TRANSACTION_EVENTS, Column, Table
+from pipeline.tables import CONTRACT_COLUMNS, TRANSACTION_COPIED, Column, Table
 
 _FIELDS = ", ".join(CONTRACT_FIELDS)
 
 # The versions a cycle refused, waiting to become dead letters: the refused version, and the
 # version the ledger holds for its event_id (its ``kept_`` columns, all NULL when the ledger holds
 # none: another version of the id was chosen in the same cycle and not inserted).
-_EVENT_COLUMNS = {c.name: c for c in TRANSACTION_EVENTS.columns}
 STAGED_CONFLICTS = Table(
     name="staged_conflicts",
     columns=(
         Column("conflict_id", "STRING", True, "The cycle's id and a number: unique."),
         Column("cycle_id", "STRING", True, "The merge cycle that refused the version."),
-        *(_EVENT_COLUMNS[name] for name in CONTRACT_FIELDS),
+        *CONTRACT_COLUMNS,
         *(
-            Column(f"kept_{name}", _EVENT_COLUMNS[name].type, False, "The ledger's version.")
-            for name in CONTRACT_FIELDS
+            Column(f"kept_{c.name}", c.type, False, "The ledger's version.")
+            for c in CONTRACT_COLUMNS
         ),
     ),
     key=("conflict_id",),

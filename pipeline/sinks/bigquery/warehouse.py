@@ -42,7 +42,6 @@ from google.cloud.bigquery_storage_v1 import BigQueryWriteClient
 
 from pipeline.dead_letters import DeadLetter, conflict_dead_letter
 from pipeline.events import (
-    CONTRACT_FIELDS,
     LedgerCandidate,
 )
 from pipeline.gcp_names import DATASET_ID, PROJECT_ID
@@ -92,7 +91,6 @@ from pipeline.tables import (
 _PROJECT = re.compile(PROJECT_ID)
 _DATASET = re.compile(DATASET_ID)
 _LOG = logging.getLogger(__name__)
-_EVENT_COLUMNS = CONTRACT_FIELDS  # the ledger's columns are the contract's fields
 # Legacy SQL type names the API may return for a column, as BIGQUERY_TYPES spells them.
 _STANDARD_TYPES = {"INT64": "INTEGER", "BOOL": "BOOLEAN", "FLOAT64": "FLOAT"}
 STAGING_TABLE_EXPIRATION = dt.timedelta(days=1)
@@ -222,7 +220,7 @@ class BigQueryWarehouse(Warehouse):
         return f"{self.staging_project}.{self.staging_dataset}.{validate_identifier(name)}"
 
     def _staging_ref(self, name: str) -> str:
-        return f"`{self.staging_project}.{self.staging_dataset}.{validate_identifier(name)}`"
+        return f"`{self._staging_table(name)}`"
 
     # --- datasets and tables ------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from pipeline.events import (
     to_micros,
 )
 from pipeline.tables import (
+    CONTRACT_COLUMNS,
     DEAD_LETTERS,
     TRANSACTION_EVENTS,
 )
@@ -50,11 +51,7 @@ ARROW_TYPES = {
 }
 
 EVENT_COLUMNS = CONTRACT_FIELDS  # the ledger's columns are the contract's fields
-TIME_FIELDS = frozenset(
-    c.name
-    for c in TRANSACTION_EVENTS.columns
-    if c.name in CONTRACT_FIELDS and c.type == "TIMESTAMP"
-)
+TIME_FIELDS = frozenset(c.name for c in CONTRACT_COLUMNS if c.type == "TIMESTAMP")
 EVENT_FIELD_LIST = ", ".join(EVENT_COLUMNS)
 TYPE_OF_STAGED = {
     **{c.name: c.type for c in TRANSACTION_EVENTS.columns},
@@ -65,11 +62,7 @@ TYPE_OF_STAGED = {
 DUCKDB_TYPE_OF = {name: DUCKDB_TYPES[kind] for name, kind in TYPE_OF_STAGED.items()}
 STAGE_EVENTS_SCHEMA = pa.schema(
     [
-        *(
-            pa.field(c.name, ARROW_TYPES[c.type])
-            for c in TRANSACTION_EVENTS.columns
-            if c.name in EVENT_COLUMNS
-        ),
+        *(pa.field(c.name, ARROW_TYPES[c.type]) for c in CONTRACT_COLUMNS),
         pa.field("is_primary", pa.bool_()),
         pa.field("window_start", ARROW_TYPES["TIMESTAMP"]),
         pa.field("window_end", ARROW_TYPES["TIMESTAMP"]),
