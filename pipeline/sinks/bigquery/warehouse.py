@@ -453,14 +453,12 @@ class BigQueryWarehouse(Warehouse):
     def merge_dead_letters(self, rows: Sequence[DeadLetter]) -> int:
         if not rows:
             return 0
-        unique = ledger_rules.unique_dead_letters(rows)
+        # The job id names the batch's distinct ids; _insert_dead_letters keeps one row per id.
         digest = hashlib.sha256(
-            "\n".join([self._job_scope(), *sorted(r.dead_letter_id for r in unique)]).encode()
+            "\n".join([self._job_scope(), *sorted({r.dead_letter_id for r in rows})]).encode()
         )
         with self._slots:
-            return self._insert_dead_letters(
-                unique, f"eo_{self.run_id}_dl_{digest.hexdigest()[:32]}"
-            )
+            return self._insert_dead_letters(rows, f"eo_{self.run_id}_dl_{digest.hexdigest()[:32]}")
 
     def _insert_dead_letters(self, rows: Sequence[DeadLetter], job: str) -> int:
         unique = ledger_rules.unique_dead_letters(rows)
