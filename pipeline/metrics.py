@@ -36,6 +36,13 @@ ROWS_STAGED = "ledger_rows_staged"
 MERGE_CYCLES = "merge_cycles"
 MERGE_RETRIES = "merge_retries"
 MERGE_FALLBACKS = "merge_unrestricted_fallbacks"
+# The cost meter of merge cycles (docs/BIGQUERY.md, "What a cycle costs"): what BigQuery reports
+# for each cycle's jobs, summed over cycles. The duration and lag are distributions per cycle:
+# how long a cycle took, and the age of the oldest row it committed (arrival to commit).
+MERGE_CYCLE_BYTES_BILLED = "merge_cycle_bytes_billed"
+MERGE_CYCLE_SLOT_MS = "merge_cycle_slot_ms"
+MERGE_CYCLE_SECONDS = "merge_cycle_seconds"
+MERGE_CYCLE_LAG_SECONDS = "merge_cycle_lag_seconds"
 
 
 def outcome_counts(outcome: MergeOutcome) -> dict[str, int]:

@@ -12,6 +12,12 @@ labels = {
 # Where alerts go (gcloud beta monitoring channels list); empty: console only.
 notification_channels = []
 
+# The bytes one merge cycle should bill at your input rate: cycle_bytes_billed as printed by
+# `python -m bench.cost_model --events_per_second N --json`. The default is a placeholder; the
+# alert fires when cycles bill cycle_bytes_alert_factor times it.
+# expected_cycle_bytes_billed = 2000000000
+# cycle_bytes_alert_factor    = 2
+
 # Other consumers of the events topic, dead-lettered by Pub/Sub after 10 failed deliveries.
 # consumer_subscriptions = [
 #   { name = "effectively-once-events-archive", push_endpoint = "https://archive.example.com/push" },

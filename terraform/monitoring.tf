@@ -1,8 +1,14 @@
-# Alert policies: refused input growing, the subscription falling behind, a job failing.
-# docs/DEPLOY.md, Watch the job, says what to do when one fires.
+# Alert policies: refused input growing, the subscription falling behind, a job failing, merge
+# cycles billing more than the cost model expects. docs/DEPLOY.md, Watch the job, says what to
+# do when one fires; dashboard.tf charts what they watch.
 
 locals {
   job_name_prefix = "${var.name_prefix}-"
+
+  # The window of bytes billed per merge cycle (the alert and its chart): it spans many cycles
+  # at any merge interval a streaming job would run with, so one heavy cycle is averaged with
+  # its neighbours and a counter sampled a little before the other moves the ratio little.
+  cycle_cost_window_minutes = 30
 }
 
 # Dead letters land in the BigQuery table dead_letters, not in Pub/Sub, so the honest signal is
@@ -117,5 +123,65 @@ resource "google_monitoring_alert_policy" "job_failed" {
   documentation {
     mime_type = "text/markdown"
     content   = "A Dataflow job of ${var.name_prefix} failed: read its error in the job's logs, fix, relaunch (docs/DEPLOY.md). Every tier is idempotent: relaunching over the same input is safe."
+  }
+}
+
+# Bytes billed per merge cycle, the cost meter's signal: bytes billed by the cycles' jobs over the
+# cycles that ran, in a window. A cycle takes what arrived in its interval and every statement
+# restricts what it reads, so at a steady rate the figure holds still; it climbs with the ledger
+# when a statement stops pruning, which is what this alert is for, and such a regression lasts,
+# so the condition must hold a while before it fires. Both counters are job totals (see
+# dead_letters_growing): delta() per series, summed by job; a window without a cycle gives no
+# ratio rather than a division by zero.
+resource "google_monitoring_alert_policy" "merge_cycle_bytes_billed" {
+  project               = var.project_id
+  display_name          = "${var.name_prefix}: merge cycles bill too many bytes"
+  combiner              = "OR"
+  severity              = "WARNING"
+  notification_channels = var.notification_channels
+  user_labels           = local.labels
+
+  conditions {
+    display_name = "Bytes billed per merge cycle above ${var.cycle_bytes_alert_factor} x ${var.expected_cycle_bytes_billed} over ${local.cycle_cost_window_minutes} min"
+    condition_prometheus_query_language {
+      query               = <<-EOT
+        sum by (job_name) (
+          delta(dataflow_googleapis_com:job_user_counter{monitored_resource="dataflow_job",metric_name="merge_cycle_bytes_billed",job_name=~"${local.job_name_prefix}.*"}[${local.cycle_cost_window_minutes}m])
+        )
+        /
+        (
+          sum by (job_name) (
+            delta(dataflow_googleapis_com:job_user_counter{monitored_resource="dataflow_job",metric_name="merge_cycles",job_name=~"${local.job_name_prefix}.*"}[${local.cycle_cost_window_minutes}m])
+          ) > 0
+        )
+        > ${var.expected_cycle_bytes_billed * var.cycle_bytes_alert_factor}
+      EOT
+      duration            = "600s"
+      evaluation_interval = "60s"
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = <<-EOT
+      Merge cycles billed more than ${var.cycle_bytes_alert_factor} times the expected
+      ${var.expected_cycle_bytes_billed} bytes each, on average over ${local.cycle_cost_window_minutes} min.
+      The dashboard "${var.name_prefix}: pipeline", Cost of merge cycles, shows since when.
+      The most expensive jobs of the worker:
+
+      ```sql
+      SELECT job_id, statement_type, total_bytes_billed, total_slot_ms
+      FROM `region-${lower(local.bigquery_location)}`.INFORMATION_SCHEMA.JOBS_BY_PROJECT
+      WHERE creation_time > TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 1 HOUR)
+        AND user_email = "${google_service_account.worker.email}"
+      ORDER BY total_bytes_billed DESC LIMIT 20
+      ```
+
+      A figure that grows with the ledger's age is a statement that stopped pruning: see
+      docs/BIGQUERY.md for what each statement reads, and --bigquery_dedup_horizon_days (a
+      template parameter) to bound the ledger lookup. If the input rate rose for good, rerun
+      `python -m bench.cost_model --events_per_second N --json` and set
+      expected_cycle_bytes_billed to its cycle_bytes_billed.
+    EOT
   }
 }

@@ -210,3 +210,27 @@ variable "dataflow_job" {
     error_message = "dataflow_job.parameters must not set the input or the warehouse: this stack does."
   }
 }
+
+# --- The cost meter of merge cycles
+
+variable "expected_cycle_bytes_billed" {
+  type        = number
+  description = "Bytes BigQuery is expected to bill one merge cycle at your input rate: what `python -m bench.cost_model --events_per_second N --json` prints as cycle_bytes_billed for your rate N. The default is a placeholder, not a measurement: set it. The merge_cycle_bytes_billed alert fires at this times cycle_bytes_alert_factor."
+  default     = 2000000000
+
+  validation {
+    condition     = var.expected_cycle_bytes_billed > 0
+    error_message = "expected_cycle_bytes_billed must be positive."
+  }
+}
+
+variable "cycle_bytes_alert_factor" {
+  type        = number
+  description = "Alert when merge cycles bill more than this many times expected_cycle_bytes_billed each, on average over the alert's window. A pruning regression multiplies a cycle's bytes by the ledger's age in partitions, far more than this factor, while traffic bursts within a cycle stay under it."
+  default     = 2
+
+  validation {
+    condition     = var.cycle_bytes_alert_factor > 1
+    error_message = "cycle_bytes_alert_factor must be greater than 1."
+  }
+}

@@ -332,7 +332,12 @@ def test_worker_roles_are_least_privilege() -> None:
 
 def test_alerts_watch_the_counter_the_sinks_increment_and_the_backlog() -> None:
     policies = resources(TERRAFORM, "google_monitoring_alert_policy")
-    assert set(policies) == {"dead_letters_growing", "subscription_backlog_age", "job_failed"}
+    assert set(policies) == {
+        "dead_letters_growing",
+        "subscription_backlog_age",
+        "job_failed",
+        "merge_cycle_bytes_billed",
+    }
     (condition,) = policies["dead_letters_growing"]["conditions"]
     (promql,) = condition["condition_prometheus_query_language"]
     query = unescape(promql["query"])
